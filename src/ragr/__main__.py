@@ -1,0 +1,3 @@
+from ragr.cli.main import main
+
+main()

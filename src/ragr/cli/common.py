@@ -1,0 +1,56 @@
+"""Shared CLI plumbing: error handling (exit 2 for user errors) and the overrides argument."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from ragr.errors import UserError
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+OVERRIDES_HELP = "Hydra overrides: group=option (model=bert) or key=value (trainer.lr=1e-5)."
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body; a UserError becomes one red line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_metrics_table(console, title: str, columns: dict[str, dict[str, float] | None]) -> None:
+    """A metrics table with one column per named result (for example before / after)."""
+    from ragr.eval.rerank import HEADLINE
+
+    present = {k: v for k, v in columns.items() if v}
+    if not present:
+        return
+    names = list(present)
+    rows = []
+    for metric in HEADLINE + ("recall@10",):
+        if all(metric in present[n] for n in names):
+            row = [metric] + [present[n][metric] for n in names]
+            if len(names) == 2:
+                row.append(f"{present[names[1]][metric] - present[names[0]][metric]:+.4f}")
+            rows.append(row)
+    cols = ["metric"] + names + (["change"] if len(names) == 2 else [])
+    first = present[names[0]]
+    console.table(f"{title} ({first.get('num_queries', '?')} queries)", cols, rows)

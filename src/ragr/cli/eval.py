@@ -1,0 +1,50 @@
+"""``ragr eval``: score reranking data with a model and report MAP / MRR@10 / nDCG@10."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ragr.cli.common import EXTRA, OVERRIDES_HELP, handle_errors, print_metrics_table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(name="eval", context_settings=EXTRA)
+    @handle_errors
+    def eval_(
+        overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the composed, resolved config and exit."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+    ) -> None:
+        """Evaluate a model on reranking data ({"query", "positive": [...], "negative": [...]}).
+
+        Example: ragr eval model.name_or_path=runs/x/model data.eval=dev.jsonl
+        """
+        from ragr.config import compose_config, to_yaml
+        from ragr.data.formats import load_rerank_file
+        from ragr.errors import UserError
+        from ragr.eval.rerank import count_texts, evaluate_embedder
+        from ragr.models.embedder import build_embedder
+        from ragr.train.rundir import atomic_write_text
+        from ragr.ui import Console
+
+        cfg = compose_config("eval", overrides or [])
+        if print_config:
+            typer.echo(to_yaml(cfg), nl=False)
+            return
+        if not cfg["data"].get("eval"):
+            raise UserError("data.eval is not set (pass data.eval=path/to/dev.jsonl)")
+        console = Console(quiet=quiet)
+        rows = load_rerank_file(cfg["data"]["eval"])
+        model = build_embedder(cfg["model"])
+        with console.progress("eval", count_texts(rows)) as advance:
+            metrics = evaluate_embedder(model, rows, batch_size=cfg["eval"]["batch_size"], ks=cfg["eval"]["ks"], progress=advance)
+        out = Path(cfg["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        report = {"model": cfg["model"]["name_or_path"], "data": cfg["data"]["eval"], "metrics": metrics}
+        atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
+        print_metrics_table(console, Path(cfg["data"]["eval"]).name, {"score": metrics})
+        console.print(f"written to [bold]{out / 'eval.json'}[/]")

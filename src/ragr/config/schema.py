@@ -1,0 +1,162 @@
+"""Dataclass schemas for the composed config. Unknown keys and wrong types are user errors.
+
+Each section is a dataclass; the ``loss`` node is checked against the loss class's own signature
+(see :func:`ragr.losses.build_loss`), so a new loss needs no schema edit.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from ragr.errors import UserError, did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str
+    preset: str = "custom"
+    family: Literal["embedder"] = "embedder"
+    pooling: Literal["cls", "mean", "last"] = "mean"
+    normalize: bool = True
+    dense_dim: Optional[int] = None
+    max_query_length: int = 64
+    max_doc_length: int = 256
+    query_prompt: str = ""
+    doc_prompt: str = ""
+
+
+@dataclass
+class DataConfig:
+    train: Optional[str] = None
+    eval: Optional[str] = None
+    format: Literal["auto", "pair", "triplet", "scored"] = "auto"
+    num_negatives: int = 3
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    max_grad_norm: Optional[float] = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    save_every: int = 0
+    save_total_limit: int = 2
+    resume: Optional[str] = None
+    eval_before: bool = True
+    eval_after: bool = True
+    tensorboard: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class LauncherConfig:
+    name: Literal["local"] = "local"
+    num_processes: int = 1
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    launcher: LauncherConfig
+    loss: dict[str, Any]
+    seed: int = 42
+    name: str = "run"
+    output_dir: str = "runs/run"
+
+
+@dataclass
+class EvalRunConfig:
+    model: ModelConfig
+    data: DataConfig
+    eval: EvalConfig
+    seed: int = 42
+    output_dir: str = "runs/eval"
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalRunConfig}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, collections.abc.Sequence):
+        (item,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is None and isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # a type this checker does not model: let the constructor decide
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def check_fields(node: dict[str, Any], schema: type, prefix: str) -> None:
+    """Check ``node`` against a dataclass: unknown keys, missing required keys and types."""
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            valid = [f"{prefix}{k}" for k in fields]
+            raise UserError(f"unknown config key '{path}'{did_you_mean(path, valid)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{path}' must be a mapping, got {value!r}")
+            check_fields(value, tp, f"{path}.")
+        elif not _type_ok(value, tp):
+            raise UserError(f"config key '{path}' must be {_describe(tp)}, got {value!r}")
+    for name, f in fields.items():
+        if name not in node and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"config key '{prefix}{name}' is required")
+
+
+def validate(command: str, cfg: dict[str, Any]) -> None:
+    """Validate a resolved config (plain dict) for ``command``; raises UserError naming the key."""
+    check_fields(cfg, SCHEMAS[command], "")
+    if "loss" in cfg:
+        from ragr.losses import check_loss_config
+
+        check_loss_config(cfg["loss"], "loss")

@@ -1,0 +1,1 @@
+"""Training and evaluation data: validated JSONL readers, per-epoch sampling and collation."""

@@ -1,0 +1,110 @@
+"""Validated, streaming JSONL access.
+
+A file is scanned once, line by line: every line is parsed and checked, and only its byte offset is
+kept. Records are then read back by offset, so a 10 GB file is never held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from array import array
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ragr.errors import DataError, UserError
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Yield ``(line_number, byte_offset, object)`` for each non-blank line; bad JSON raises DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+                raise DataError(str(path), lineno, f"invalid JSON ({msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, start, obj
+
+
+def require_str(obj: dict, key: str, path: str, lineno: int, optional: bool = False) -> str | None:
+    if key not in obj:
+        if optional:
+            return None
+        raise DataError(path, lineno, "missing", field=key)
+    value = obj[key]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(path, lineno, f"must be a non-empty string, got {json.dumps(value)[:60]}", field=key)
+    return value
+
+
+def require_str_list(obj: dict, key: str, path: str, lineno: int, optional: bool = False, empty_ok: bool = False):
+    if key not in obj:
+        if optional:
+            return None
+        raise DataError(path, lineno, "missing", field=key)
+    value = obj[key]
+    if not isinstance(value, list) or not (value or empty_ok):
+        raise DataError(path, lineno, f"must be a non-empty list of strings, got {json.dumps(value)[:60]}", field=key)
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(path, lineno, f"item {i} must be a non-empty string, got {json.dumps(item)[:60]}", field=key)
+    return value
+
+
+def require_numbers(obj: dict, key: str, path: str, lineno: int, length: int, optional: bool = False):
+    if key not in obj:
+        if optional:
+            return None
+        raise DataError(path, lineno, "missing", field=key)
+    value = obj[key]
+    ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise DataError(path, lineno, f"must be a list of numbers, got {json.dumps(value)[:60]}", field=key)
+    if len(value) != length:
+        raise DataError(path, lineno, f"has {len(value)} values but there are {length} texts beside it", field=key)
+    return value
+
+
+class JsonlIndex:
+    """Byte offsets of a validated JSONL file; ``index[i]`` re-reads and parses record ``i``."""
+
+    def __init__(self, path: str | os.PathLike, offsets: array, linenos: array) -> None:
+        self.path, self.offsets, self.linenos = str(path), offsets, linenos
+        self._fh = None
+        self._pid = None
+
+    @classmethod
+    def build(cls, path: str | os.PathLike, check: Callable[[dict, int], None]) -> JsonlIndex:
+        offsets, linenos = array("q"), array("q")
+        for lineno, offset, obj in iter_jsonl(path):
+            check(obj, lineno)
+            offsets.append(offset)
+            linenos.append(lineno)
+        if not offsets:
+            raise UserError(f"{path}: no records")
+        return cls(path, offsets, linenos)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._fh is None or self._pid != os.getpid():  # reopen in dataloader workers
+            self._fh, self._pid = open(self.path, "rb"), os.getpid()
+        self._fh.seek(self.offsets[i])
+        return json.loads(self._fh.readline())
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fh"] = None
+        return state

@@ -1,0 +1,1 @@
+"""Launchers: how the composed config becomes running processes (``launcher=local`` runs in-process)."""

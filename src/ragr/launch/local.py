@@ -1,0 +1,17 @@
+"""``launcher=local``: train in this process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ragr.errors import UserError
+
+
+def run_local(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    from ragr.registry import tasks
+    from ragr.train.engine import Engine
+
+    if cfg["launcher"].get("num_processes", 1) != 1:
+        raise UserError("launcher=local runs one process; launcher.num_processes must be 1")
+    task = tasks.get(cfg["model"]["family"])(cfg)
+    return Engine(cfg, task, quiet=quiet).run()

@@ -1,0 +1,1 @@
+"""Model families: build, save and load. Families are looked up in :data:`ragr.registry.families`."""

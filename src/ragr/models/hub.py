@@ -1,0 +1,50 @@
+"""Turn a model name (alias, local path or hub id) into a local directory, with a clear error offline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ragr.errors import UserError
+
+#: Short names for public models; values are Hugging Face Hub ids.
+ALIASES: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "bge-base-zh": "BAAI/bge-base-zh-v1.5",
+    "bge-base-en": "BAAI/bge-base-en-v1.5",
+    "bge-m3": "BAAI/bge-m3",
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_model_path(name_or_path: str, key: str = "model.name_or_path") -> str:
+    """Return a local directory holding the model ``name_or_path``.
+
+    Local directories are used as they are; aliases and hub ids are fetched (or found in the cache)
+    with ``huggingface_hub.snapshot_download``. When that fails (no network, unknown id), raise a
+    UserError saying how to pass a local copy through ``key``.
+    """
+    if name_or_path == "minilm":  # the bundled copy beats a download
+        from ragr.config.resolvers import bundled
+
+        return bundled("minilm")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise UserError(f"{key}={name_or_path} is a file; it must be a model directory or a hub id")
+    repo = ALIASES.get(name_or_path, name_or_path)
+    if not _HUB_ID.match(repo) or name_or_path.startswith((".", "/", "~")):
+        raise UserError(f"{key}={name_or_path}: no such model directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id=repo)
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes the same advice
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"model '{name_or_path}' is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"as '{repo}' ({reason}). Without network access, download it on another machine "
+            f"(huggingface-cli download {repo} --local-dir DIR), copy DIR here and pass {key}=DIR"
+        ) from None

@@ -1,0 +1,74 @@
+"""Typed, lazy registries: names in configs resolve here, never as dotted import paths.
+
+Each entry is a ``"module:Attr"`` string imported on first use, so ``ragr ls`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ragr.errors import UserError, did_you_mean
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str
+    help: str
+
+
+class Registry(Generic[T]):
+    """A named collection of lazily imported objects of one kind (losses, model families, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: str, help: str = "") -> None:
+        """Add ``name`` -> ``"module:Attr"``; registering a taken name is an error."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is already registered as {self._entries[name].target}")
+        if ":" not in target:
+            raise ValueError(f"registry target must look like 'module:Attr', got {target!r}")
+        self._entries[name] = Entry(name, target, help)
+
+    def get(self, name: str) -> T:
+        """Import and return the object registered as ``name``; unknown names raise UserError with a hint."""
+        if name not in self._entries:
+            raise UserError(
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
+                f"choices: {', '.join(sorted(self._entries))}"
+            )
+        module, attr = self._entries[name].target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+losses: Registry[Any] = Registry("loss")
+losses.register("infonce", "ragr.losses.infonce:InfoNCE", "contrastive loss over positive, hard and in-batch negatives")
+losses.register("mrl", "ragr.losses.mrl:MatryoshkaLoss", "Matryoshka: an inner loss averaged over prefix dimensions")
+
+families: Registry[Any] = Registry("model family")
+families.register("embedder", "ragr.models.embedder:build_embedder", "bi-encoder: cls/mean pooling, optional Dense head, L2 norm")
+
+launchers: Registry[Any] = Registry("launcher")
+launchers.register("local", "ragr.launch.local:run_local", "run in this process (CPU or one GPU)")
+
+ALL: dict[str, Registry[Any]] = {"losses": losses, "models": families, "launchers": launchers}
+
+tasks: Registry[Any] = Registry("training task")
+tasks.register("embedder", "ragr.train.tasks:EmbedderTask", "InfoNCE/MRL bi-encoder training, reranking eval")
+
+ALL["tasks"] = tasks

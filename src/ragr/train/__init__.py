@@ -1,0 +1,1 @@
+"""The one training engine (accelerate), with checkpoints, resume and logging."""

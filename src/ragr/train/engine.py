@@ -1,0 +1,227 @@
+"""The training engine: one loop on accelerate for every model family.
+
+Step ``s`` (an optimizer step) of a run is fully determined by ``(seed, s)``: its epoch is
+``s // steps_per_epoch`` and its micro-batches are fixed slices of that epoch's seeded permutation.
+A resumed run therefore continues on exactly the data it would have seen, and with the RNG
+states restored from the checkpoint, reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ragr.train.rundir import (
+    STATE_FILE,
+    atomic_write_text,
+    find_resume_point,
+    replace_dir,
+    rotate_checkpoints,
+    write_manifest,
+)
+from ragr.ui import Console
+
+
+def _precision(requested: str) -> str:
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no"}.get(requested, requested)
+
+
+def _optimizer(model: torch.nn.Module, t: dict[str, Any]) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=t["lr"])
+    return torch.optim.AdamW(groups, lr=t["lr"])
+
+
+class Engine:
+    """Train ``task`` as described by the resolved config ``cfg`` into ``cfg["output_dir"]``."""
+
+    def __init__(self, cfg: dict[str, Any], task, quiet: bool = False) -> None:
+        from accelerate import Accelerator
+
+        self.cfg, self.task, self.t = cfg, task, cfg["trainer"]
+        self.run_dir = Path(cfg["output_dir"])
+        self.accelerator = Accelerator(mixed_precision=_precision(self.t["precision"]))
+        self.console = Console(quiet=quiet or not self.accelerator.is_main_process)
+        self.tb = None
+
+    # ---- setup --------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> Path | None:
+        from ragr.config import to_yaml
+
+        acc = self.accelerator
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = find_resume_point(self.run_dir, self.t.get("resume"))
+        if acc.is_main_process:
+            atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+            files = [self.cfg["data"].get("train"), self.cfg["data"].get("eval")]
+            write_manifest(self.run_dir, self.cfg, [f for f in files if f],
+                           {"resumed_from": str(resume_from) if resume_from else None})
+        return resume_from
+
+    def _schedule(self, n_examples: int) -> tuple[int, int]:
+        """(steps_per_epoch, total optimizer steps)."""
+        world, b, a = self.accelerator.num_processes, self.t["batch_size"], self.t["grad_accum"]
+        micro = max(1, n_examples // (b * world))
+        spe = max(1, micro // a)
+        total = self.t["max_steps"] if self.t.get("max_steps") else spe * self.t["epochs"]
+        return spe, total
+
+    def _micro_batch(self, dataset, step: int, a: int, spe: int) -> list[int]:
+        world, rank, b = self.accelerator.num_processes, self.accelerator.process_index, self.t["batch_size"]
+        epoch = step // spe
+        perm = np.random.default_rng([self.cfg["seed"], epoch]).permutation(len(dataset))
+        mb = (step % spe) * self.t["grad_accum"] + a
+        start = mb * b * world + rank * b
+        idx = perm[start : start + b]
+        if len(idx) == 0:  # fewer examples than one batch: every step uses them all
+            idx = perm[rank::world][:b]
+        dataset.set_epoch(epoch)
+        return [int(i) for i in idx]
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _save_checkpoint(self, step: int, epoch: int) -> None:
+        acc = self.accelerator
+        root = self.run_dir / "checkpoints"
+        final = root / f"step-{step}"
+        tmp = root / f".step-{step}.tmp"
+        if acc.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({"step": step, "epoch": epoch, "complete": True}))
+            replace_dir(tmp, final)
+            rotate_checkpoints(self.run_dir, self.t["save_total_limit"])
+        acc.wait_for_everyone()
+
+    # ---- logging ------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def _evaluate(self, model, rows, tag: str, step: int) -> dict[str, float] | None:
+        if rows is None or not self.accelerator.is_main_process:
+            return None
+        with self.console.progress(f"eval ({tag})", self.task.count_eval_items(rows)) as advance:
+            metrics = self.task.evaluate(self.accelerator.unwrap_model(model), rows, progress=advance)
+        self._log({"step": step, "event": f"eval_{tag}", **{f"eval/{k}": v for k, v in metrics.items()}})
+        return metrics
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        acc, t = self.accelerator, self.t
+        set_seed(self.cfg["seed"])
+        resume_from = self._prepare_run_dir()
+        if t.get("tensorboard") and acc.is_main_process:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from ragr.errors import UserError
+
+                raise UserError("trainer.tensorboard=true needs the tensorboard package (pip install 'ragr[tensorboard]')") from None
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+        dataset = self.task.build_dataset()
+        model = self.task.build_model()
+        if t.get("gradient_checkpointing") and hasattr(model.backbone, "gradient_checkpointing_enable"):
+            model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loss_fn = self.task.build_loss()
+        eval_rows = self.task.eval_rows()
+        spe, total = self._schedule(len(dataset))
+        optimizer = _optimizer(model, t)
+        scheduler = get_scheduler(t["scheduler"] if t["scheduler"] != "constant" else "constant_with_warmup",
+                                  optimizer, num_warmup_steps=int(t["warmup_ratio"] * total), num_training_steps=total)
+        model, optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(scheduler)
+
+        start = 0
+        if resume_from is not None:
+            acc.load_state(str(resume_from))
+            start = json.loads((resume_from / STATE_FILE).read_text())["step"]
+            self.console.print(f"resumed from {resume_from} (step {start})")
+
+        results: dict[str, Any] = {"run_dir": str(self.run_dir)}
+        if t.get("eval_before") and start == 0:
+            results["before"] = self._evaluate(model, eval_rows, "before", 0)
+
+        unwrapped = acc.unwrap_model(model)
+        model.train()
+        window: dict[str, float] = {}
+        n_window, t0, seen = 0, time.perf_counter(), 0
+        a_steps = t["grad_accum"]
+        last_saved = start
+        with self.console.progress("train", total, completed=start) as advance:
+            for step in range(start, total):
+                epoch = step // spe
+                for a in range(a_steps):
+                    batch = self.task.collate([dataset[i] for i in self._micro_batch(dataset, step, a, spe)])
+                    sync = nullcontext() if a == a_steps - 1 else acc.no_sync(model)
+                    with sync, acc.autocast():
+                        out = self.task.compute_loss(model, unwrapped, loss_fn, batch, acc.device)
+                        acc.backward(out["loss"] / a_steps)
+                    for k, v in out.items():
+                        window[k] = window.get(k, 0.0) + float(v.detach()) / a_steps
+                    seen += len(batch["queries"]) * acc.num_processes
+                if t.get("max_grad_norm"):
+                    acc.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                n_window += 1
+                advance(1)
+                done = step + 1
+                if done % t["log_every"] == 0 or done == total:
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                              **{k: v / n_window for k, v in window.items()}, "samples_per_s": seen / max(elapsed, 1e-9)}
+                    self._log(record)
+                    self.console.progress_note(f"loss {record['loss']:.4f}")
+                    window, n_window, t0, seen = {}, 0, time.perf_counter(), 0
+                if t["save_every"] and done % t["save_every"] == 0 and done != total:
+                    self._save_checkpoint(done, epoch)
+                    last_saved = done
+        if total > last_saved:
+            self._save_checkpoint(total, (total - 1) // spe if total else 0)
+
+        if t.get("eval_after"):
+            results["after"] = self._evaluate(model, eval_rows, "after", total)
+        if acc.is_main_process:
+            tmp = self.run_dir / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.task.save(acc.unwrap_model(model), tmp)
+            replace_dir(tmp, self.run_dir / "model")
+            evals = {k: results[k] for k in ("before", "after") if results.get(k)}
+            if evals:
+                atomic_write_text(self.run_dir / "eval.json", json.dumps(evals, indent=2))
+        acc.wait_for_everyone()
+        if self.tb is not None:
+            self.tb.close()
+        results["steps"] = total
+        results["model_dir"] = str(self.run_dir / "model")
+        return results

@@ -1,0 +1,78 @@
+"""What the engine trains: one Task per model family (model, data, loss, evaluation, saving).
+
+The engine (:mod:`ragr.train.engine`) is family-agnostic; a family plugs in by providing a Task with
+``build_model``, ``build_dataset``, ``collate``, ``compute_loss``, ``evaluate`` and ``save``.
+Tasks are registered in :data:`ragr.registry.tasks` under the family name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class EmbedderTask:
+    """Bi-encoder training with InfoNCE/MRL on pair / triplet / scored data, evaluated on reranking data."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.model = None
+
+    def build_model(self):
+        from ragr.registry import families
+
+        self.model = families.get(self.cfg["model"]["family"])(self.cfg["model"])
+        return self.model
+
+    def build_loss(self):
+        from ragr.losses import build_loss
+
+        return build_loss(self.cfg["loss"], embed_dim=self.model.dim)
+
+    def build_dataset(self):
+        from ragr.data.dataset import ContrastiveDataset
+        from ragr.data.formats import load_training_file
+
+        data = self.cfg["data"]
+        if not data.get("train"):
+            from ragr.errors import UserError
+
+            raise UserError("data.train is not set (pass data.train=path/to/train.jsonl)")
+        index, fmt = load_training_file(data["train"], data.get("format", "auto"))
+        self.format = fmt
+        return ContrastiveDataset(index, data["num_negatives"], seed=self.cfg["seed"], use_negatives=fmt == "triplet")
+
+    @staticmethod
+    def collate(examples):
+        from ragr.data.dataset import collate
+
+        return collate(examples)
+
+    def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
+        q = {k: v.to(device) for k, v in unwrapped.tokenize(batch["queries"], is_query=True).items()}
+        d = {k: v.to(device) for k, v in unwrapped.tokenize(batch["docs"], is_query=False).items()}
+        q_emb = model(**q)
+        d_emb = model(**d)
+        return loss_fn(q_emb.float(), d_emb.float(), batch["false_negatives"].to(device))
+
+    def eval_rows(self):
+        from ragr.data.formats import load_rerank_file
+
+        path = self.cfg["data"].get("eval")
+        return load_rerank_file(path) if path else None
+
+    def evaluate(self, model, rows, progress=None) -> dict[str, float]:
+        from ragr.eval.rerank import evaluate_embedder
+
+        return evaluate_embedder(model, rows, batch_size=64, progress=progress)
+
+    @staticmethod
+    def count_eval_items(rows) -> int:
+        from ragr.eval.rerank import count_texts
+
+        return count_texts(rows)
+
+    def save(self, model, path: Path) -> None:
+        model.save(path)
