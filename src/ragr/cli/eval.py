@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from ragr.data.formats import load_rerank_file
         from ragr.errors import UserError
         from ragr.eval.rerank import count_texts, evaluate_embedder
-        from ragr.models.embedder import build_embedder
+        from ragr.models import build_model
         from ragr.train.rundir import atomic_write_text
         from ragr.ui import Console
 
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             raise UserError("data.eval is not set (pass data.eval=path/to/dev.jsonl)")
         console = Console(quiet=quiet)
         rows = load_rerank_file(cfg["data"]["eval"])
-        model = build_embedder(cfg["model"])
+        model = build_model(cfg["model"])
         with console.progress("eval", count_texts(rows)) as advance:
             metrics = evaluate_embedder(model, rows, batch_size=cfg["eval"]["batch_size"], ks=cfg["eval"]["ks"], progress=advance)
         out = Path(cfg["output_dir"])

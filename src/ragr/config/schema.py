@@ -17,25 +17,12 @@ from ragr.errors import UserError, did_you_mean
 
 
 @dataclass
-class ModelConfig:
-    name_or_path: str
-    preset: str = "custom"
-    family: Literal["embedder"] = "embedder"
-    pooling: Literal["cls", "mean", "last"] = "mean"
-    normalize: bool = True
-    dense_dim: Optional[int] = None
-    max_query_length: int = 64
-    max_doc_length: int = 256
-    query_prompt: str = ""
-    doc_prompt: str = ""
-
-
-@dataclass
 class DataConfig:
     train: Optional[str] = None
     eval: Optional[str] = None
-    format: Literal["auto", "pair", "triplet", "scored"] = "auto"
-    num_negatives: int = 3
+    format: Literal["auto", "pair", "triplet", "scored", "pointwise", "grouped"] = "auto"
+    num_negatives: int = 3   # hard negatives per query (embedder / colbert), or per group (rerankers: group = 1 + n)
+    label_key: str = "label"  # pointwise data: the field holding the label
 
 
 @dataclass
@@ -64,7 +51,7 @@ class TrainerConfig:
 
 @dataclass
 class LauncherConfig:
-    name: Literal["local"] = "local"
+    name: str = "local"
     num_processes: int = 1
 
 
@@ -76,7 +63,7 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig
+    model: dict[str, Any]
     data: DataConfig
     trainer: TrainerConfig
     launcher: LauncherConfig
@@ -88,7 +75,7 @@ class TrainConfig:
 
 @dataclass
 class EvalRunConfig:
-    model: ModelConfig
+    model: dict[str, Any]
     data: DataConfig
     eval: EvalConfig
     seed: int = 42
@@ -127,8 +114,18 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin in (list, collections.abc.Sequence):
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
@@ -153,9 +150,48 @@ def check_fields(node: dict[str, Any], schema: type, prefix: str) -> None:
             raise UserError(f"config key '{prefix}{name}' is required")
 
 
+MODEL_COMMON = ("preset", "family", "name_or_path")
+
+
+def check_model_config(node: Any, path: str) -> None:
+    """Check a model node: ``family`` picks the model class; other keys must be its ``from_pretrained`` arguments."""
+    from ragr.registry import families
+
+    if not isinstance(node, dict) or "family" not in node or "name_or_path" not in node:
+        raise UserError(f"config key '{path}' must be a mapping with 'family' and 'name_or_path'")
+    cls = families.get(node["family"])
+    check_kwargs(node, cls.from_pretrained, path, skip=MODEL_COMMON, runtime=getattr(cls, "runtime_args", ()))
+
+
+def check_kwargs(node: dict[str, Any], fn: Any, path: str, skip: tuple[str, ...] = ("name",),
+                 runtime: tuple[str, ...] = ()) -> None:
+    """Keys of ``node`` (except ``skip``) must be keyword arguments of ``fn`` other than ``runtime`` ones."""
+    import inspect
+
+    params = {k: p for k, p in inspect.signature(fn).parameters.items()
+              if k not in ("self", "cls") and p.kind is p.POSITIONAL_OR_KEYWORD and k not in runtime}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks
+        hints = {}
+    for key, value in node.items():
+        if key in skip:
+            continue
+        if key not in params:
+            valid = [f"{path}.{k}" for k in list(params) + list(skip)]
+            raise UserError(f"unknown config key '{path}.{key}'{did_you_mean(f'{path}.{key}', valid)}")
+        if key in hints and not _type_ok(value, hints[key]):
+            raise UserError(f"config key '{path}.{key}' must be {_describe(hints[key])}, got {value!r}")
+
+
 def validate(command: str, cfg: dict[str, Any]) -> None:
     """Validate a resolved config (plain dict) for ``command``; raises UserError naming the key."""
     check_fields(cfg, SCHEMAS[command], "")
+    check_model_config(cfg["model"], "model")
+    if "launcher" in cfg:
+        from ragr.registry import launchers
+
+        launchers.get(cfg["launcher"]["name"])
     if "loss" in cfg:
         from ragr.losses import check_loss_config
 

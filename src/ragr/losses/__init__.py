@@ -7,10 +7,9 @@ parts (logged by the engine). Builders flatten the config node into keyword argu
 from __future__ import annotations
 
 import inspect
-import typing
 from typing import Any
 
-from ragr.errors import UserError, did_you_mean
+from ragr.errors import UserError
 
 
 def _params(cls: type) -> dict[str, inspect.Parameter]:
@@ -20,24 +19,17 @@ def _params(cls: type) -> dict[str, inspect.Parameter]:
 
 def check_loss_config(node: Any, path: str) -> None:
     """Check a loss node (``{name: ..., **kwargs}``) against the loss class's constructor."""
-    from ragr.config.schema import _describe, _type_ok
+    from ragr.config.schema import check_kwargs
     from ragr.registry import losses
 
     if not isinstance(node, dict) or "name" not in node:
         raise UserError(f"config key '{path}' must be a mapping with a 'name' (choices: {', '.join(losses.names())})")
     cls = losses.get(node["name"])
-    params = _params(cls)
-    hints = typing.get_type_hints(cls.__init__)
-    for key, value in node.items():
-        if key == "name":
-            continue
-        if key not in params or key in getattr(cls, "runtime_args", ()):
-            valid = [f"{path}.{k}" for k in params if k not in getattr(cls, "runtime_args", ())]
-            raise UserError(f"unknown config key '{path}.{key}'{did_you_mean(f'{path}.{key}', valid)}")
-        if key == "inner":
-            check_loss_config(value, f"{path}.inner")
-        elif key in hints and not _type_ok(value, hints[key]):
-            raise UserError(f"config key '{path}.{key}' must be {_describe(hints[key])}, got {value!r}")
+    check_kwargs({k: v for k, v in node.items() if k != "inner"}, cls.__init__, path,
+                 runtime=getattr(cls, "runtime_args", ()))
+    if "inner" in node:
+        check_loss_config(node["inner"], f"{path}.inner")
+    return None
 
 
 def build_loss(node: dict[str, Any], embed_dim: int | None = None):

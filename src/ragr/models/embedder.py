@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,8 @@ class Embedder(nn.Module):
     """
 
     family = "embedder"
+    #: from_pretrained arguments filled by code, not by the config
+    runtime_args = ("dtype", "key")
 
     def __init__(
         self,
@@ -105,7 +108,7 @@ class Embedder(nn.Module):
     def from_pretrained(
         cls,
         name_or_path: str,
-        pooling: str | None = None,
+        pooling: Literal["cls", "mean", "last"] | None = None,
         normalize: bool | None = None,
         dense_dim: int | None = None,
         max_query_length: int = 64,
@@ -240,17 +243,3 @@ def _load_dense(path: Path) -> nn.Linear:
     state = load_file(str(weights_file)) if weights_file.is_file() else torch.load(path / "pytorch_model.bin", map_location="cpu")
     layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
     return layer
-
-
-def build_embedder(model_cfg: dict) -> Embedder:
-    """Builder: flatten the ``model`` config node into :meth:`Embedder.from_pretrained` arguments."""
-    return Embedder.from_pretrained(
-        model_cfg["name_or_path"],
-        pooling=model_cfg.get("pooling"),
-        normalize=model_cfg.get("normalize"),
-        dense_dim=model_cfg.get("dense_dim"),
-        max_query_length=model_cfg.get("max_query_length", 64),
-        max_doc_length=model_cfg.get("max_doc_length", 256),
-        query_prompt=model_cfg.get("query_prompt", ""),
-        doc_prompt=model_cfg.get("doc_prompt", ""),
-    )

@@ -21,9 +21,9 @@ class EmbedderTask:
         self.model = None
 
     def build_model(self):
-        from ragr.registry import families
+        from ragr.models import build_model
 
-        self.model = families.get(self.cfg["model"]["family"])(self.cfg["model"])
+        self.model = build_model(self.cfg["model"])
         return self.model
 
     def build_loss(self):
