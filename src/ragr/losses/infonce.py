@@ -38,24 +38,30 @@ class InfoNCE(nn.Module):
         self.temperature = temperature
         self.in_batch_negatives = in_batch_negatives
 
-    def logits(self, queries: torch.Tensor, docs: torch.Tensor, false_negatives: torch.Tensor | None = None):
-        """Return (logits, target index per query)."""
-        b = queries.shape[0]
-        g = docs.shape[0] // b
-        if self.in_batch_negatives:
-            logits = queries @ docs.T / self.temperature
-            if false_negatives is not None:
-                logits = logits.masked_fill(false_negatives, torch.finfo(logits.dtype).min)
-            target = torch.arange(b, device=queries.device) * g
-        else:
-            grouped = docs.view(b, g, -1)
-            logits = torch.einsum("bd,bgd->bg", queries, grouped) / self.temperature
-            if false_negatives is not None:
-                own = false_negatives.view(b, b, g)[torch.arange(b), torch.arange(b)]
-                logits = logits.masked_fill(own, torch.finfo(logits.dtype).min)
-            target = torch.zeros(b, dtype=torch.long, device=queries.device)
-        return logits, target
+    def score_loss(self, scores: torch.Tensor, false_negatives: torch.Tensor | None = None, in_batch: bool | None = None):
+        """InfoNCE from a similarity matrix ``scores [B, B * G]`` (query i's positive at column ``i * G``).
+
+        Families that score with something other than a dot product (ColBERT's MaxSim) call this.
+        Without in-batch negatives only each query's own group of ``G`` columns is used.
+        """
+        in_batch = self.in_batch_negatives if in_batch is None else in_batch
+        b = scores.shape[0]
+        g = scores.shape[1] // b
+        scores = scores.float() / self.temperature
+        if false_negatives is not None:
+            scores = scores.masked_fill(false_negatives, torch.finfo(scores.dtype).min)
+        if in_batch:
+            target = torch.arange(b, device=scores.device) * g
+            return {"loss": F.cross_entropy(scores, target)}
+        own = scores.view(b, b, g)[torch.arange(b), torch.arange(b)]
+        return {"loss": F.cross_entropy(own, torch.zeros(b, dtype=torch.long, device=scores.device))}
 
     def forward(self, queries: torch.Tensor, docs: torch.Tensor, false_negatives: torch.Tensor | None = None):
-        logits, target = self.logits(queries, docs, false_negatives)
-        return {"loss": F.cross_entropy(logits.float(), target)}
+        if self.in_batch_negatives:
+            return self.score_loss(queries @ docs.T, false_negatives)
+        b = queries.shape[0]
+        g = docs.shape[0] // b
+        own = torch.einsum("bd,bgd->bg", queries, docs.view(b, g, -1))
+        scores = own.new_full((b, b, g), torch.finfo(own.dtype).min)  # only the diagonal blocks are read
+        scores[torch.arange(b), torch.arange(b)] = own
+        return self.score_loss(scores.view(b, b * g), false_negatives)
