@@ -81,3 +81,9 @@ def tiny_overrides(tiny_bert, data_dir, tmp_path) -> list[str]:
     return [f"model.name_or_path={tiny_bert}", f"data.train={data_dir / 'train.jsonl'}",
             f"data.eval={data_dir / 'dev.jsonl'}", "trainer.max_steps=2", "trainer.batch_size=4",
             "trainer.log_every=1", f"output_dir={tmp_path / 'run'}", "model.max_doc_length=32", "model.max_query_length=16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_bert) -> dict[str, str]:
+    """A tiny model directory per family; families without one fall back to the tiny BERT."""
+    return {"embedder": tiny_bert}

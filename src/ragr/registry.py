@@ -62,6 +62,7 @@ losses.register("mrl", "ragr.losses.mrl:MatryoshkaLoss", "Matryoshka: an inner l
 
 families: Registry[Any] = Registry("model family")
 families.register("embedder", "ragr.models.embedder:Embedder", "bi-encoder: cls/mean pooling, optional Dense head, L2 norm")
+families.register("colbert", "ragr.models.colbert:ColBERT", "late interaction: token vectors, MaxSim, bge-m3 layout")
 
 launchers: Registry[Any] = Registry("launcher")
 launchers.register("local", "ragr.launch.local:run_local", "run in this process (CPU or one GPU)")
@@ -70,5 +71,6 @@ ALL: dict[str, Registry[Any]] = {"losses": losses, "models": families, "launcher
 
 tasks: Registry[Any] = Registry("training task")
 tasks.register("embedder", "ragr.train.tasks:EmbedderTask", "InfoNCE/MRL bi-encoder training, reranking eval")
+tasks.register("colbert", "ragr.train.colbert_task:ColBERTTask", "InfoNCE on MaxSim scores, reranking eval")
 
 ALL["tasks"] = tasks

@@ -13,6 +13,7 @@ ALIASES: dict[str, str] = {
     "bge-base-zh": "BAAI/bge-base-zh-v1.5",
     "bge-base-en": "BAAI/bge-base-en-v1.5",
     "bge-m3": "BAAI/bge-m3",
+    "chinese-roberta-wwm-ext": "hfl/chinese-roberta-wwm-ext",
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -1,0 +1,165 @@
+"""The scorer interface every reranker family implements, and how families are registered.
+
+:class:`ragr.infer.Reranker` does the batching (length-sorted), the long-document strategy and the
+normalization; a family only has to score one batch of pairs. To add a family (ColBERT, or your
+own model), subclass :class:`Scorer`::
+
+    from ragr.infer import Scorer, register_scorer
+
+    @register_scorer("my_family")
+    class MyScorer(Scorer):
+        family = "my_family"
+
+        @classmethod
+        def load(cls, path, *, device="cpu", dtype=None, max_length=None, **options):
+            ...  # read the model folder `path`; set self.tokenizer and self.max_length
+            return scorer
+
+        def score_pairs(self, queries, docs):
+            return [...]  # one raw fp32 score per pair, in input order
+
+        def doc_budget(self, query):   # optional: only needed for long_doc="max-chunk"
+            return self.max_length - ...
+
+Registered names are looked up in :data:`ragr.registry.scorers` (lazy ``"module:Class"`` entries,
+appended in ``registry.py`` for built-in families), then among classes registered with
+:func:`register_scorer`, then in the ``ragr.rerankers`` entry-point group of installed packages
+(``[project.entry-points."ragr.rerankers"] my_family = "my_pkg.mod:MyScorer"``).
+A model folder names its family in ``ragr.json`` (``{"family": "my_family"}``), so
+``Reranker(path)``, ``ragr rerank --model path`` and ``ragr eval`` find it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from ragr.errors import UserError
+
+#: Classes registered with :func:`register_scorer` (importable by name or not, e.g. defined in a script).
+_LOCAL: dict[str, type] = {}
+
+
+class Scorer:
+    """Base class of a reranker family: scores (query, document) pairs.
+
+    Attributes:
+        family: the registry name of the family.
+        tokenizer: a Hugging Face tokenizer; ``max-chunk`` splits documents with it (a fast tokenizer
+            gives exact character windows through offsets).
+        max_length: the longest input, in tokens, the scorer feeds the model.
+
+    Subclasses implement :meth:`load` and :meth:`score_pairs`, and :meth:`doc_budget` to support
+    ``long_doc="max-chunk"``.
+    """
+
+    family: ClassVar[str] = ""
+    tokenizer: Any = None
+    max_length: int = 512
+
+    @classmethod
+    def load(cls, path: str, *, device: Any = "cpu", dtype: Any = None, max_length: int | None = None,
+             **options: Any) -> Scorer:
+        """Load the scorer from the local model folder ``path`` onto ``device``, in eval mode.
+
+        Args:
+            path: a local directory (aliases and hub ids are resolved before this is called).
+            device: a torch device.
+            dtype: a ``torch.dtype`` for the weights, or None for the family's default (fp32).
+            max_length: input length in tokens; None keeps what the model folder or family says.
+            **options: family options (an LLM's ``prompt``, ...); unknown ones should raise TypeError.
+        """
+        raise NotImplementedError
+
+    def score_pairs(self, queries: list[str], docs: list[str]) -> list[float]:
+        """Raw scores (fp32, higher = more relevant) of one batch of pairs, in input order.
+
+        The caller (:class:`ragr.infer.Reranker`) has already cut the input into batches of
+        ``batch_size`` pairs of similar length and, for ``max-chunk``, into windows.
+        """
+        raise NotImplementedError
+
+    def doc_budget(self, query: str) -> int:
+        """How many document tokens fit beside ``query`` within :attr:`max_length`."""
+        raise NotImplementedError(f"reranker family '{self.family}' does not support long_doc='max-chunk'")
+
+    def normalize(self, score: float) -> float:
+        """Map a raw score to [0, 1] (``normalize=True``); the sigmoid of a logit by default."""
+        if score >= 0:
+            return 1.0 / (1.0 + math.exp(-score))
+        e = math.exp(score)
+        return e / (1.0 + e)
+
+
+def register_scorer(name: str, help: str = ""):
+    """Class decorator: make a :class:`Scorer` subclass available as reranker family ``name``."""
+    from ragr.registry import scorers
+
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+            raise TypeError(f"@register_scorer('{name}') needs a Scorer subclass, got {cls!r}")
+        scorers.register(name, f"{cls.__module__}:{cls.__qualname__}", help or (cls.__doc__ or "").strip().split("\n")[0])
+        _LOCAL[name] = cls
+        return cls
+
+    return deco
+
+
+def _entry_point(name: str):
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="ragr.rerankers"):
+        if ep.name == name:
+            return ep
+    return None
+
+
+def scorer_class(family: str) -> type:
+    """The Scorer class of ``family``: built-in registry, :func:`register_scorer`, then entry points."""
+    from ragr.registry import scorers
+
+    if family in _LOCAL:
+        return _LOCAL[family]
+    if family in scorers:
+        try:
+            return scorers.get(family)
+        except (ImportError, AttributeError) as exc:
+            raise UserError(f"reranker family '{family}' is registered but cannot be imported ({exc})") from None
+    ep = _entry_point(family)
+    if ep is not None:
+        return ep.load()
+    scorers.get(family)  # raises the unknown-name UserError with a hint
+    raise AssertionError("unreachable")
+
+
+def token_windows(tokenizer: Any, text: str, size: int, overlap: int) -> list[str]:
+    """Split ``text`` into overlapping windows of at most ``size`` tokens (as text).
+
+    Consecutive windows share ``overlap`` tokens (capped at half a window). With a fast tokenizer
+    the windows are exact slices of ``text`` (character offsets), otherwise decoded token slices.
+    A text that fits in one window is returned unchanged.
+    """
+    size = max(1, int(size))
+    stride = size - min(max(0, overlap), size // 2)
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= size:
+            return [text]
+        out = []
+        for start in range(0, len(offsets), stride):
+            end = min(start + size, len(offsets))
+            out.append(text[offsets[start][0] : offsets[end - 1][1]])
+            if end == len(offsets):
+                break
+        return out
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= size:
+        return [text]
+    out = []
+    for start in range(0, len(ids), stride):
+        end = min(start + size, len(ids))
+        out.append(tokenizer.decode(ids[start:end]))
+        if end == len(ids):
+            break
+    return out

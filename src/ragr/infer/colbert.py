@@ -1,0 +1,124 @@
+"""ColBERT inference: MaxSim scoring of (query, document) pairs, and an encode-once document index.
+
+``ColBERTScorer`` is the ColBERT entry of the scorer registry (family ``colbert``), so a saved
+ColBERT folder reranks through the common ``Reranker`` API and ``ragr rerank``. For many queries
+against the same documents, encode the documents once::
+
+    scorer = ColBERTScorer.load("runs/x/model")
+    index = scorer.encode_docs(docs)            # token vectors, computed once
+    scores = scorer.score_queries(queries, index)   # [len(queries), len(docs)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ragr.models.colbert import ColBERT, maxsim, maxsim_pairs, pad_vectors
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class ColBERTIndex:
+    """Documents encoded once: padded token vectors ``[N, Ld, dim]`` (fp32, CPU) and their bool mask ``[N, Ld]``."""
+
+    vectors: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+
+class ColBERTScorer:
+    """Score (query, document) pairs with a ColBERT model's MaxSim.
+
+    Args:
+        model: a :class:`ragr.models.colbert.ColBERT`.
+        batch_size: texts per encoder batch.
+    """
+
+    family = "colbert"
+
+    def __init__(self, model: ColBERT, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu", dtype: Any = None, max_length: int | None = None,
+             batch_size: int = 32, **kw: Any) -> ColBERTScorer:
+        """Load a ColBERT folder (bge-m3 layout). ``max_length`` caps the document length in tokens;
+        other keyword arguments go to :meth:`ColBERT.from_pretrained` (e.g. ``max_query_length``)."""
+        if isinstance(dtype, str):
+            dtype = _DTYPES[dtype]
+        if max_length is not None:
+            kw["max_doc_length"] = max_length
+        model = ColBERT.from_pretrained(str(path), dtype=dtype, key="--model", **kw)
+        return cls(model.to(device), batch_size=batch_size)
+
+    def _encode(self, texts: Sequence[str], is_query: bool, progress: Callable[[int], None] | None = None):
+        return self.model.encode(texts, is_query=is_query, batch_size=self.batch_size, progress=progress)
+
+    @torch.no_grad()
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        """MaxSim score of ``queries[i]`` against ``docs[i]``; each distinct text is encoded once."""
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries but {len(docs)} documents")
+        if not queries:
+            return []
+        uq, ud = list(dict.fromkeys(queries)), list(dict.fromkeys(docs))
+        qv = dict(zip(uq, self._encode(uq, True)))
+        dv = dict(zip(ud, self._encode(ud, False)))
+        out: list[float] = []
+        for start in range(0, len(queries), self.batch_size):
+            qs, ds = queries[start : start + self.batch_size], docs[start : start + self.batch_size]
+            q, q_mask = pad_vectors([qv[t] for t in qs])
+            d, d_mask = pad_vectors([dv[t] for t in ds])
+            out += maxsim_pairs(q, q_mask, d, d_mask, self.model.normalize_by_query_length).tolist()
+        return out
+
+    @torch.no_grad()
+    def encode_docs(self, docs: Sequence[str], progress: Callable[[int], None] | None = None) -> ColBERTIndex:
+        """Encode ``docs`` once for :meth:`score_queries`."""
+        vectors, mask = pad_vectors(self._encode(docs, False, progress))
+        return ColBERTIndex(vectors, mask)
+
+    @torch.no_grad()
+    def score_queries(self, queries: Sequence[str], index: ColBERTIndex) -> torch.Tensor:
+        """MaxSim scores ``[len(queries), len(index)]`` (fp32) against pre-encoded documents (blockwise)."""
+        q, q_mask = pad_vectors(self._encode(queries, True))
+        return maxsim(q, q_mask, index.vectors, index.mask, self.model.normalize_by_query_length,
+                      self.model.max_score_elements)
+
+    def rank(self, query: str, index: ColBERTIndex, top_k: int | None = None) -> list[tuple[int, float]]:
+        """``(document index, score)`` of the best ``top_k`` pre-encoded documents for ``query``, best first."""
+        scores = self.score_queries([query], index)[0]
+        k = len(scores) if top_k is None else min(top_k, len(scores))
+        values, order = torch.topk(scores, k)
+        return list(zip(order.tolist(), values.tolist()))
+
+
+def evaluate_colbert(model: ColBERT, rows: list[dict[str, Any]], batch_size: int = 32, ks: Sequence[int] = (1, 3, 5, 10),
+                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """MaxSim-score every (query, candidate) of MTEB-layout reranking ``rows`` and compute the rank metrics.
+
+    Each distinct text is encoded once (same count as :func:`ragr.eval.rerank.count_texts`).
+    """
+    from ragr.eval.metrics import rerank_metrics
+
+    queries = sorted({(r.get("prompt") or "") + r["query"] for r in rows})
+    docs = sorted({d for r in rows for d in r["positive"] + r["negative"]})
+    q_vecs = dict(zip(queries, model.encode(queries, is_query=True, batch_size=batch_size, progress=progress)))
+    d_vecs = dict(zip(docs, model.encode(docs, is_query=False, batch_size=batch_size, progress=progress)))
+    scores, labels = [], []
+    for r in rows:
+        cands = r["positive"] + r["negative"]
+        q, q_mask = pad_vectors([q_vecs[(r.get("prompt") or "") + r["query"]]])
+        d, d_mask = pad_vectors([d_vecs[c] for c in cands])
+        scores.append(maxsim(q, q_mask, d, d_mask, model.normalize_by_query_length, model.max_score_elements)[0].tolist())
+        labels.append([1] * len(r["positive"]) + [0] * len(r["negative"]))
+    return rerank_metrics(scores, labels, ks=ks)
