@@ -74,3 +74,25 @@ tasks.register("embedder", "ragr.train.tasks:EmbedderTask", "InfoNCE/MRL bi-enco
 tasks.register("colbert", "ragr.train.colbert_task:ColBERTTask", "InfoNCE on MaxSim scores, reranking eval")
 
 ALL["tasks"] = tasks
+
+# ---- rerankers (issue 3) -------------------------------------------------------------------------
+losses.register("pointwise", "ragr.losses.rerank:PointwiseLoss", "reranker: BCE on labels scaled to [0,1], or MSE on sigmoid")
+losses.register("pairwise", "ragr.losses.rerank:PairwiseLoss", "reranker: RankNet over pairs in a group, weighted by label gap")
+losses.register("listwise", "ragr.losses.rerank:ListwiseLoss", "reranker: cross-entropy over a group (one positive or graded labels)")
+
+families.register("cross_encoder", "ragr.models.cross_encoder:CrossEncoder", "reranker: BERT-family cross-encoder, one logit")
+families.register("llm_seqcls", "ragr.models.llm_reranker:LLMSeqClsReranker", "reranker: decoder + classification head on the last token")
+families.register("llm_yes", "ragr.models.llm_reranker:LLMYesReranker", "reranker: decoder, logit of 'yes' after a prompt")
+
+tasks.register("cross_encoder", "ragr.train.rerank_task:RerankerTask", "pointwise/pairwise/listwise reranker training")
+tasks.register("llm_seqcls", "ragr.train.rerank_task:RerankerTask", "pointwise/pairwise/listwise reranker training")
+tasks.register("llm_yes", "ragr.train.rerank_task:RerankerTask", "pointwise/pairwise/listwise reranker training")
+
+#: Inference scorers (ragr.infer.Scorer subclasses) by family; see ragr/infer/base.py for the interface.
+scorers: Registry[Any] = Registry("reranker family")
+scorers.register("cross_encoder", "ragr.models.cross_encoder:CrossEncoder", "BERT-family cross-encoder logit")
+scorers.register("llm_seqcls", "ragr.models.llm_reranker:LLMSeqClsReranker", "LLM classification head on the last token")
+scorers.register("llm_yes", "ragr.models.llm_reranker:LLMYesReranker", "LLM logit of 'yes' (minus 'no') after a prompt")
+scorers.register("embedder", "ragr.infer.embedder:EmbedderScorer", "bi-encoder cosine similarity")
+scorers.register("colbert", "ragr.infer.colbert:ColBERTScorer", "ColBERT MaxSim over token vectors")
+ALL["rerankers"] = scorers

@@ -84,3 +84,30 @@ def test_hub_ids_load_from_the_local_hub_cache(tiny_bert, tmp_path, monkeypatch)
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     path = resolve_model_path("acme/tiny")
     assert Embedder.from_pretrained(path).dim == 32
+
+
+def test_length_sorted_chunks_give_the_same_loss_and_gradients_as_plain_padding(tiny_bert_nodropout):
+    from ragr.losses.infonce import InfoNCE
+
+    texts_q = ["short", "a much longer query with many many words in it", "mid length query"]
+    texts_d = [f"document {i} " + "word " * (i * 5) for i in range(6)]
+    loss_fn = InfoNCE(0.05)
+
+    def run(chunked: bool):
+        model = Embedder.from_pretrained(tiny_bert_nodropout, max_doc_length=64)
+        if chunked:
+            q = model.embed(texts_q, is_query=True, chunk_size=2)
+            d = model.embed(texts_d, is_query=False, chunk_size=2)
+        else:  # one forward, everything padded to the longest text
+            q = model(**model.tokenize(texts_q, is_query=True))
+            d = model(**model.tokenize(texts_d, is_query=False))
+        loss = loss_fn(q, d)["loss"]
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = run(False)
+    chunk_loss, chunk_grads = run(True)
+    assert chunk_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == chunk_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(chunk_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)

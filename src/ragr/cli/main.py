@@ -7,6 +7,7 @@ import typer
 from ragr import __version__
 from ragr.cli import eval as eval_cmd
 from ragr.cli import ls, train
+from ragr.cli import rerank as rerank_cmd
 
 app = typer.Typer(
     name="ragr",
@@ -28,7 +29,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-for module in (train, eval_cmd, ls):
+for module in (train, eval_cmd, ls, rerank_cmd):
     module.register(app)
 
 

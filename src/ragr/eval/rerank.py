@@ -37,3 +37,38 @@ def count_texts(rows: list[dict[str, Any]]) -> int:
     return len({(r.get("prompt") or "") + r["query"] for r in rows}) + len(
         {d for r in rows for d in r["positive"] + r["negative"]}
     )
+
+
+def evaluate_reranker(reranker, rows: list[dict[str, Any]], batch_size: int = 64, ks: Sequence[int] = (1, 3, 5, 10),
+                      progress: Callable[[float], None] | None = None) -> dict[str, float]:
+    """Score every (query, candidate) of ``rows`` with a reranker and compute the metrics.
+
+    Args:
+        reranker: a :class:`ragr.infer.Reranker`, or a bare scorer (a model being trained), which is
+            wrapped with ``batch_size``.
+        rows: MTEB reranking rows ``{"query", "positive", "negative"[, "prompt"]}``.
+        batch_size: pairs per forward pass when ``reranker`` is a bare scorer.
+        ks: metric cutoffs.
+        progress: called with the number of pairs scored.
+    """
+    from ragr.infer.reranker import Reranker
+
+    if not isinstance(reranker, Reranker):
+        reranker = Reranker.from_scorer(reranker, batch_size=batch_size)
+    pairs, labels = [], []
+    for r in rows:
+        q = (r.get("prompt") or "") + r["query"]
+        cands = r["positive"] + r["negative"]
+        pairs.extend((q, c) for c in cands)
+        labels.append([1] * len(r["positive"]) + [0] * len(r["negative"]))
+    flat = reranker.score(pairs, progress=progress)
+    scores, at = [], 0
+    for lab in labels:
+        scores.append(flat[at : at + len(lab)])
+        at += len(lab)
+    return rerank_metrics(scores, labels, ks=ks)
+
+
+def count_pairs(rows: list[dict[str, Any]]) -> int:
+    """How many (query, candidate) pairs :func:`evaluate_reranker` scores (for progress bars)."""
+    return sum(len(r["positive"]) + len(r["negative"]) for r in rows)

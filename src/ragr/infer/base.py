@@ -119,17 +119,20 @@ def scorer_class(family: str) -> type:
     from ragr.registry import scorers
 
     if family in _LOCAL:
-        return _LOCAL[family]
-    if family in scorers:
+        cls = _LOCAL[family]
+    elif family in scorers:
         try:
-            return scorers.get(family)
+            cls = scorers.get(family)
         except (ImportError, AttributeError) as exc:
             raise UserError(f"reranker family '{family}' is registered but cannot be imported ({exc})") from None
-    ep = _entry_point(family)
-    if ep is not None:
-        return ep.load()
-    scorers.get(family)  # raises the unknown-name UserError with a hint
-    raise AssertionError("unreachable")
+    else:
+        ep = _entry_point(family)
+        if ep is None:
+            scorers.get(family)  # raises the unknown-name UserError with a hint
+        cls = ep.load()
+    if not all(callable(getattr(cls, m, None)) for m in ("load", "score_pairs")):
+        raise UserError(f"reranker family '{family}' ({cls.__name__}) does not implement the Scorer interface (load, score_pairs)")
+    return cls
 
 
 def token_windows(tokenizer: Any, text: str, size: int, overlap: int) -> list[str]:

@@ -17,10 +17,8 @@ from typing import Any
 
 import torch
 
+from ragr.infer.base import Scorer
 from ragr.models.colbert import ColBERT, maxsim, maxsim_pairs, pad_vectors
-
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
 
 
 @dataclass
@@ -34,8 +32,11 @@ class ColBERTIndex:
         return self.vectors.shape[0]
 
 
-class ColBERTScorer:
-    """Score (query, document) pairs with a ColBERT model's MaxSim.
+class ColBERTScorer(Scorer):
+    """Score (query, document) pairs with a ColBERT model's MaxSim (family ``colbert``).
+
+    Queries and documents are encoded separately, so :meth:`encode_docs` / :meth:`score_queries`
+    can reuse document vectors across any number of queries.
 
     Args:
         model: a :class:`ragr.models.colbert.ColBERT`.
@@ -47,17 +48,19 @@ class ColBERTScorer:
     def __init__(self, model: ColBERT, batch_size: int = 32) -> None:
         self.model = model.eval()
         self.batch_size = batch_size
+        self.tokenizer = model.tokenizer
+        self.max_length = model.max_doc_length
 
     @classmethod
-    def load(cls, path: str, device: str | torch.device = "cpu", dtype: Any = None, max_length: int | None = None,
-             batch_size: int = 32, **kw: Any) -> ColBERTScorer:
+    def load(cls, path: str, *, device: Any = "cpu", dtype: Any = None, max_length: int | None = None,
+             batch_size: int = 32, **options: Any) -> ColBERTScorer:
         """Load a ColBERT folder (bge-m3 layout). ``max_length`` caps the document length in tokens;
-        other keyword arguments go to :meth:`ColBERT.from_pretrained` (e.g. ``max_query_length``)."""
-        if isinstance(dtype, str):
-            dtype = _DTYPES[dtype]
+        ``options`` go to :meth:`ColBERT.from_pretrained` (``max_query_length``, ``mask_punctuation`` ...)."""
+        from ragr.infer.reranker import parse_dtype
+
         if max_length is not None:
-            kw["max_doc_length"] = max_length
-        model = ColBERT.from_pretrained(str(path), dtype=dtype, key="--model", **kw)
+            options["max_doc_length"] = max_length
+        model = ColBERT.from_pretrained(str(path), dtype=parse_dtype(dtype), key="--model", **options)
         return cls(model.to(device), batch_size=batch_size)
 
     def _encode(self, texts: Sequence[str], is_query: bool, progress: Callable[[int], None] | None = None):
@@ -100,6 +103,14 @@ class ColBERTScorer:
         k = len(scores) if top_k is None else min(top_k, len(scores))
         values, order = torch.topk(scores, k)
         return list(zip(order.tolist(), values.tolist()))
+
+    def doc_budget(self, query: str) -> int:
+        """Document tokens per window for ``long_doc="max-chunk"`` (documents are encoded without the query)."""
+        return max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False))
+
+    def normalize(self, score: float) -> float:
+        """A length-normalized MaxSim lies in [-1, 1]: mapped linearly to [0, 1]; an unnormalized sum: sigmoid."""
+        return (score + 1.0) / 2.0 if self.model.normalize_by_query_length else super().normalize(score)
 
 
 def evaluate_colbert(model: ColBERT, rows: list[dict[str, Any]], batch_size: int = 32, ks: Sequence[int] = (1, 3, 5, 10),

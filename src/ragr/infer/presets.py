@@ -136,19 +136,6 @@ PRESETS: dict[str, Preset] = {
     "Qwen/Qwen3-Reranker-0.6B": Preset("llm_yes", 8192, QWEN3_RERANKER, note="Qwen3 0.6B, logit(yes) - logit(no)"),
 }
 
-#: Short names, appended to :data:`ragr.models.hub.ALIASES`.
-RERANKER_ALIASES: dict[str, str] = {
-    "bge-reranker-base": "BAAI/bge-reranker-base",
-    "bge-reranker-large": "BAAI/bge-reranker-large",
-    "bge-reranker-v2-m3": "BAAI/bge-reranker-v2-m3",
-    "bce-reranker-base_v1": "maidalun1020/bce-reranker-base_v1",
-    "bge-reranker-v2-gemma": "BAAI/bge-reranker-v2-gemma",
-    "qwen-reranker": "Qwen/Qwen3-Reranker-0.6B",
-    "Qwen3-Reranker-0.6B": "Qwen/Qwen3-Reranker-0.6B",
-    "ms-marco-MiniLM-L6-v2": "cross-encoder/ms-marco-MiniLM-L6-v2",
-}
-
-
 def preset_for(name: str) -> Preset | None:
     """The preset of ``name`` when it is exactly an alias or a hub id in the table, else None."""
     from ragr.models.hub import ALIASES

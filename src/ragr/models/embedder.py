@@ -164,6 +164,30 @@ class Embedder(nn.Module):
             [prompt + t for t in texts], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
         )
 
+    def embed(self, texts: Sequence[str], is_query: bool, forward=None, chunk_size: int = 32) -> torch.Tensor:
+        """Embed ``texts`` with gradients, in length-sorted chunks of ``chunk_size`` to cut padding.
+
+        Each chunk is padded only to its own longest text; with attention masks the result equals one
+        plainly padded forward (see tests). ``forward`` is the (possibly DDP-wrapped) module to call.
+        """
+        forward = forward or self
+        prompt = self.query_prompt if is_query else self.doc_prompt
+        max_len = self.max_query_length if is_query else self.max_doc_length
+        enc = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)
+        ids, masks = enc["input_ids"], enc["attention_mask"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        device = next(self.parameters()).device
+        parts = []
+        for start in range(0, len(order), chunk_size):
+            idx = order[start : start + chunk_size]
+            feats = self.tokenizer.pad({"input_ids": [ids[i] for i in idx], "attention_mask": [masks[i] for i in idx]},
+                                       return_tensors="pt")
+            parts.append(forward(input_ids=feats["input_ids"].to(device), attention_mask=feats["attention_mask"].to(device)))
+        out = torch.cat(parts)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return out[inverse.to(out.device)]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
         emb = pool(out.last_hidden_state, attention_mask, self.pooling)

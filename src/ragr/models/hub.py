@@ -15,8 +15,28 @@ ALIASES: dict[str, str] = {
     "bge-m3": "BAAI/bge-m3",
     "chinese-roberta-wwm-ext": "hfl/chinese-roberta-wwm-ext",
 }
+# Rerankers (their prompt/format presets live in ragr.infer.presets).
+ALIASES.update({
+    "bge-reranker-base": "BAAI/bge-reranker-base",
+    "bge-reranker-large": "BAAI/bge-reranker-large",
+    "bge-reranker-v2-m3": "BAAI/bge-reranker-v2-m3",
+    "bce-reranker-base_v1": "maidalun1020/bce-reranker-base_v1",
+    "bge-reranker-v2-gemma": "BAAI/bge-reranker-v2-gemma",
+    "qwen-reranker": "Qwen/Qwen3-Reranker-0.6B",
+    "Qwen3-Reranker-0.6B": "Qwen/Qwen3-Reranker-0.6B",
+    "ms-marco-MiniLM-L6-v2": "cross-encoder/ms-marco-MiniLM-L6-v2",
+    "qwen2.5-1.5b-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
+})
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' per-load progress bars and info logs; ragr shows its own progress."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def resolve_model_path(name_or_path: str, key: str = "model.name_or_path") -> str:
@@ -26,6 +46,7 @@ def resolve_model_path(name_or_path: str, key: str = "model.name_or_path") -> st
     with ``huggingface_hub.snapshot_download``. When that fails (no network, unknown id), raise a
     UserError saying how to pass a local copy through ``key``.
     """
+    quiet_libraries()
     if name_or_path == "minilm":  # the bundled copy beats a download
         from ragr.config.resolvers import bundled
 

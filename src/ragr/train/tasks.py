@@ -51,10 +51,9 @@ class EmbedderTask:
         return collate(examples)
 
     def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
-        q = {k: v.to(device) for k, v in unwrapped.tokenize(batch["queries"], is_query=True).items()}
-        d = {k: v.to(device) for k, v in unwrapped.tokenize(batch["docs"], is_query=False).items()}
-        q_emb = model(**q)
-        d_emb = model(**d)
+        chunk = self.cfg["trainer"]["chunk_size"]
+        q_emb = unwrapped.embed(batch["queries"], is_query=True, forward=model, chunk_size=chunk)
+        d_emb = unwrapped.embed(batch["docs"], is_query=False, forward=model, chunk_size=chunk)
         return loss_fn(q_emb.float(), d_emb.float(), batch["false_negatives"].to(device))
 
     def eval_rows(self):

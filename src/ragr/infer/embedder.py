@@ -1,0 +1,57 @@
+"""Bi-encoder reranking: the cosine similarity of a ragr :class:`~ragr.models.embedder.Embedder`'s vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ragr.infer.base import Scorer
+
+
+class EmbedderScorer(Scorer):
+    """Score a pair by the cosine of the query and document embeddings (in [-1, 1]).
+
+    Args:
+        model: an :class:`~ragr.models.embedder.Embedder`.
+    """
+
+    family = "embedder"
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.max_length = model.max_doc_length
+
+    @classmethod
+    def load(cls, path: str, *, device: Any = "cpu", dtype: Any = None, max_length: int | None = None,
+             **options: Any) -> EmbedderScorer:
+        from ragr.models.embedder import Embedder
+
+        if max_length is not None:
+            options["max_doc_length"] = max_length
+        model = Embedder.from_pretrained(path, dtype=dtype, **options).to(device).eval()
+        return cls(model)
+
+    def score_pairs(self, queries: list[str], docs: list[str]) -> list[float]:
+        uq = list(dict.fromkeys(queries))
+        ud = list(dict.fromkeys(docs))
+        q = self.model.encode(uq, is_query=True, batch_size=max(1, len(uq)))
+        d = self.model.encode(ud, is_query=False, batch_size=max(1, len(ud)))
+        q = F.normalize(q.float(), dim=-1)
+        d = F.normalize(d.float(), dim=-1)
+        q_at = {t: i for i, t in enumerate(uq)}
+        d_at = {t: i for i, t in enumerate(ud)}
+        qi = torch.tensor([q_at[x] for x in queries])
+        di = torch.tensor([d_at[x] for x in docs])
+        return (q[qi] * d[di]).sum(-1).tolist()
+
+    def doc_budget(self, query: str) -> int:
+        prompt = self.model.doc_prompt
+        n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0
+        return max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False) - n_prompt)
+
+    def normalize(self, score: float) -> float:
+        """Cosine similarity mapped linearly from [-1, 1] to [0, 1]."""
+        return (score + 1.0) / 2.0
