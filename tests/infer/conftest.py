@@ -1,4 +1,4 @@
-"""Tiny random reranker models of every family, saved to tmp dirs (MiniLM's real tokenizer, 2 layers)."""
+"""Tiny random reranker models of every family (decoders: Llama architecture), saved to tmp dirs (MiniLM's real tokenizer, 2 layers)."""
 
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ def tiny_bert_config(**kw):
                       intermediate_size=37, max_position_embeddings=512, **kw)
 
 
-def tiny_qwen_config(**kw):
-    from transformers import Qwen2Config
+def tiny_llama_config(**kw):
+    # Llama rather than Qwen2: transformers 5 swaps a Qwen2 checkpoint's tokenizer for Qwen2Tokenizer,
+    # which cannot read the WordPiece tokenizer.json these tiny models reuse.
+    from transformers import LlamaConfig
 
-    return Qwen2Config(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    return LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        tie_word_embeddings=False, pad_token_id=0, **kw)
 
@@ -51,13 +53,13 @@ def make_cross_encoder(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_qwen(path: Path, head: str = "causal", seed: int = 0) -> Path:
-    from transformers import Qwen2ForCausalLM, Qwen2ForSequenceClassification
+def make_decoder(path: Path, head: str = "causal", seed: int = 0) -> Path:
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     torch.manual_seed(seed)
-    cls = Qwen2ForCausalLM if head == "causal" else Qwen2ForSequenceClassification
+    cls = LlamaForCausalLM if head == "causal" else LlamaForSequenceClassification
     kw = {} if head == "causal" else {"num_labels": 1}
-    model = cls(tiny_qwen_config(**kw)).eval()
+    model = cls(tiny_llama_config(**kw)).eval()
     model.save_pretrained(path)
     decoder_tokenizer().save_pretrained(path)
     return path
@@ -87,13 +89,13 @@ def ce_dir(tmp_path):
 
 
 @pytest.fixture
-def qwen_dir(tmp_path):
-    return make_qwen(tmp_path / "qwen")
+def decoder_dir(tmp_path):
+    return make_decoder(tmp_path / "llama")
 
 
 @pytest.fixture
-def qwen_seqcls_dir(tmp_path):
-    return make_qwen(tmp_path / "qwen-seqcls", head="seqcls")
+def decoder_seqcls_dir(tmp_path):
+    return make_decoder(tmp_path / "llama-seqcls", head="seqcls")
 
 
 @pytest.fixture

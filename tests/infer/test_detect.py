@@ -12,10 +12,10 @@ from ragr.infer import Scorer, detect_family, register_scorer
 from ragr.infer.presets import preset_for
 
 
-def test_each_family_is_read_from_the_files(ce_dir, qwen_dir, qwen_seqcls_dir, embedder_dir, colbert_dir):
+def test_each_family_is_read_from_the_files(ce_dir, decoder_dir, decoder_seqcls_dir, embedder_dir, colbert_dir):
     assert detect_family(ce_dir) == "cross_encoder"
-    assert detect_family(qwen_dir) == "llm_yes"
-    assert detect_family(qwen_seqcls_dir) == "llm_seqcls"
+    assert detect_family(decoder_dir) == "llm_yes"
+    assert detect_family(decoder_seqcls_dir) == "llm_seqcls"
     assert detect_family(embedder_dir) == "embedder"
     assert detect_family(colbert_dir) == "colbert"
 

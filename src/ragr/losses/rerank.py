@@ -17,6 +17,14 @@ from torch import nn
 class RerankLoss(nn.Module):
     """Base class of the reranker losses (the reranker task accepts only these)."""
 
+    def __call__(self, *args, **kwargs):
+        if len(args) + len(kwargs) != 2:  # called by another family's task (embeddings, masks ...)
+            from ragr.errors import UserError
+
+            raise UserError(f"loss '{type(self).__name__}' scores reranker groups; train a reranker with it "
+                            "(task=reranker, or model=cross-encoder / minilm-reranker / llm-reranker ...)")
+        return super().__call__(*args, **kwargs)
+
     def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -132,6 +132,14 @@ class Engine:
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            self.console.print(f"[yellow]interrupted[/]: complete checkpoints in {self.run_dir / 'checkpoints'} are kept; "
+                               f"continue with trainer.resume=auto output_dir={self.run_dir}")
+            raise
+
+    def _run(self) -> dict[str, Any]:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
