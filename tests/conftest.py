@@ -83,7 +83,28 @@ def tiny_overrides(tiny_bert, data_dir, tmp_path) -> list[str]:
             "trainer.log_every=1", f"output_dir={tmp_path / 'run'}", "model.max_doc_length=32", "model.max_query_length=16"]
 
 
+def make_tiny_llama(path: Path, seed: int = 0) -> str:
+    """A 2-layer Llama (hidden 32) with MiniLM's WordPiece vocabulary as a plain fast tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(MINILM) / "tokenizer.json"), bos_token="[CLS]",
+                                  eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tiny_bert) -> dict[str, str]:
-    """A tiny model directory per family; families without one fall back to the tiny BERT."""
-    return {"embedder": tiny_bert}
+def tiny_llama(tmp_path_factory) -> str:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_bert, tiny_llama) -> dict[str, str]:
+    """A tiny model directory per family (backbones: the from_pretrained of each family adds its head)."""
+    return {"embedder": tiny_bert, "colbert": tiny_bert, "cross_encoder": tiny_bert,
+            "llm_seqcls": tiny_llama, "llm_yes": tiny_llama}

@@ -96,3 +96,10 @@ scorers.register("llm_yes", "ragr.models.llm_reranker:LLMYesReranker", "LLM logi
 scorers.register("embedder", "ragr.infer.embedder:EmbedderScorer", "bi-encoder cosine similarity")
 scorers.register("colbert", "ragr.infer.colbert:ColBERTScorer", "ColBERT MaxSim over token vectors")
 ALL["rerankers"] = scorers
+
+# ---- multi-process launchers (issue 7) -----------------------------------------------------------
+launchers.register("ddp", "ragr.launch.distributed:run_distributed", "data-parallel ranks via torchrun: NCCL on GPUs, gloo on CPUs")
+launchers.register("deepspeed-zero1", "ragr.launch.distributed:run_distributed", "DeepSpeed ZeRO-1 via accelerate (optimizer states sharded)")
+launchers.register("deepspeed-zero2", "ragr.launch.distributed:run_distributed", "DeepSpeed ZeRO-2 via accelerate (+ gradients sharded; optimizer offload)")
+launchers.register("deepspeed-zero3", "ragr.launch.distributed:run_distributed", "DeepSpeed ZeRO-3 via accelerate (+ parameters sharded; param offload)")
+launchers.register("fsdp", "ragr.launch.distributed:run_distributed", "PyTorch FSDP via accelerate, wrapping the model's own layer class")

@@ -18,9 +18,28 @@ def test_there_is_something_to_test():
     assert RECIPES
 
 
+RERANKER_LOSSES = ("pointwise", "pairwise", "listwise")
+
+
+def selection_for(group: str, option: str) -> list[str]:
+    """``group=option``, plus ``task=reranker`` where the option is a reranker model or loss."""
+    from ragr.registry import tasks
+
+    selection = [f"{group}={option}"]
+    if group == "loss" and option in RERANKER_LOSSES:
+        return selection + ["task=reranker"]
+    if group == "model":
+        from omegaconf import OmegaConf
+
+        family = OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml")["family"]
+        if "listwise" in getattr(tasks.get(family), "losses", ()):
+            return selection + ["task=reranker"]
+    return selection
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_group_option_composes(group, option):
-    overrides = [f"{group}={option}"]
+    overrides = selection_for(group, option)
     if group == "data" and option == "custom":
         overrides.append("data.train=x.jsonl")
     cfg = compose_config("train", overrides)
@@ -52,6 +71,8 @@ def test_command_line_beats_recipe():
         ("model.pooling=max", "'model.pooling' must be one of 'cls', 'mean', 'last'"),
         ("trainer.max_steps=1.5", "'trainer.max_steps' must be int or null"),
         ("launcher.name=nope", "unknown launcher 'nope'"),
+        ("loss=listwise", "loss 'listwise' cannot train a embedder model"),
+        ("model=bge-reranker-base", "task=reranker selects one"),
         ("trainer.lr=", "config key 'trainer.lr'"),
     ],
 )
@@ -75,18 +96,23 @@ RUNNABLE = [("model", o) for o in group_options("model")] + [("loss", o) for o i
 def test_every_model_loss_task_and_recipe_runs_one_step(group, option, tiny_models, data_dir, tmp_path):
     from ragr.launch.local import run_local
 
-    cfg = compose_config("train", [f"{group}={option}"])
-    overrides = [f"{group}={option}", f"model.name_or_path={_family_model(cfg, tiny_models)}",
+    selection = selection_for(group, option)
+    cfg = compose_config("train", selection)
+    overrides = selection + [f"model.name_or_path={_family_model(cfg, tiny_models)}",
                  f"data.train={data_dir / 'train.jsonl'}", f"data.eval={data_dir / 'dev.jsonl'}", "data.format=auto",
-                 "trainer.max_steps=1", "trainer.batch_size=2", "trainer.eval_before=false", f"output_dir={tmp_path / 'r'}"]
+                 "trainer.max_steps=1", "trainer.batch_size=2", "trainer.eval_before=false", "trainer.precision=fp32",
+                 f"output_dir={tmp_path / 'r'}"]
     cfg = compose_config("train", overrides)
     if cfg["loss"]["name"] == "mrl":
         overrides.append("loss.dims=[8,16]")
         cfg = compose_config("train", overrides)
+    limit = 160 if cfg["model"]["family"].startswith("llm") else 32  # LLM prompts take ~80 tokens
     for key in ("max_query_length", "max_doc_length", "max_length"):
-        if key in cfg["model"]:
-            cfg["model"][key] = min(cfg["model"][key], 32)
+        if cfg["model"].get(key):
+            cfg["model"][key] = min(cfg["model"][key], limit)
     if cfg["model"].get("dense_dim"):
         cfg["model"]["dense_dim"] = 16
+    if cfg["model"].get("dim"):
+        cfg["model"]["dim"] = 16
     result = run_local(cfg, quiet=True)
     assert (tmp_path / "r" / "model").is_dir() and result["steps"] == 1

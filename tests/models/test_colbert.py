@@ -247,6 +247,23 @@ def test_scorer_pairs_index_and_rank(bge_m3_layout):
     assert scorer.score_pairs([], []) == []
 
 
+def test_scorer_cache_reuses_vectors_within_its_budget(bge_m3_layout, monkeypatch):
+    from ragr.infer.colbert import ColBERTScorer
+
+    path, _ = bge_m3_layout
+    scorer = ColBERTScorer.load(str(path), max_length=32, max_query_length=16, cache_elements=10**6)
+    first = scorer.score_pairs(TEXTS_Q[:1] * 3, TEXTS_D)
+    encoded: list[str] = []
+    original = scorer.model.encode
+    monkeypatch.setattr(scorer.model, "encode", lambda texts, **kw: encoded.extend(texts) or original(texts, **kw))
+    assert scorer.score_pairs(TEXTS_Q[:1] * 3, TEXTS_D) == first and encoded == []
+    scorer.score_pairs([TEXTS_Q[1]], [TEXTS_D[0]])
+    assert encoded == [TEXTS_Q[1]]  # only the new query
+    small = ColBERTScorer.load(str(path), max_length=32, max_query_length=16, cache_elements=24 * 12)
+    np.testing.assert_allclose(small.score_pairs(TEXTS_Q[:1] * 3, TEXTS_D), first, atol=1e-6)
+    assert small._cached <= 24 * 12 and sum(v.numel() for v in small._cache.values()) == small._cached
+
+
 def test_reranker_api_detects_colbert_and_scores_like_numpy(bge_m3_layout, tmp_path):
     from ragr.infer import Reranker
 

@@ -53,7 +53,19 @@ class TrainerConfig:
 @dataclass
 class LauncherConfig:
     name: str = "local"
-    num_processes: int = 1
+    num_processes: int = 1   # all ranks on all machines (accelerate's meaning), not per machine
+    # multi-process launchers (ddp, deepspeed-zero1/2/3, fsdp); see src/ragr/launch/distributed.py
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: Optional[str] = None     # required with num_machines > 1
+    main_process_port: Optional[int] = None   # null: a free port on one machine, 29500 across machines
+    zero_stage: Optional[int] = None          # deepspeed-zero{1,2,3}
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"   # deepspeed
+    offload_params: Literal["none", "cpu", "nvme"] = "none"      # deepspeed-zero3 (cpu/nvme), fsdp (cpu)
+    nvme_path: Optional[str] = None           # deepspeed offload to nvme
+    fsdp_version: Literal[1, 2] = 2
+    sharding: Literal["full_shard", "shard_grad_op"] = "full_shard"   # fsdp
+    layer_cls: Optional[str] = None           # fsdp: layer class names to wrap (default: found from the model)
 
 
 @dataclass
@@ -195,5 +207,13 @@ def validate(command: str, cfg: dict[str, Any]) -> None:
         launchers.get(cfg["launcher"]["name"])
     if "loss" in cfg:
         from ragr.losses import check_loss_config
+        from ragr.registry import tasks
 
         check_loss_config(cfg["loss"], "loss")
+        family = cfg["model"]["family"]
+        allowed = getattr(tasks.get(family), "losses", None) if family in tasks else None
+        if allowed and cfg["loss"]["name"] not in allowed:
+            hint = {"embedder": " (for a reranker, add task=reranker)", "colbert": ""}.get(
+                family, " (task=reranker selects one)")
+            raise UserError(f"loss '{cfg['loss']['name']}' cannot train a {family} model; "
+                            f"choose loss={' or loss='.join(allowed)}{hint}")

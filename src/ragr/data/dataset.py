@@ -9,6 +9,7 @@ import torch
 
 from ragr.data.formats import _norm
 from ragr.data.jsonl import JsonlIndex
+from ragr.losses.gather import text_key
 
 
 class ContrastiveDataset:
@@ -58,6 +59,8 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     ``false_negatives[i, j]`` is True when document ``j`` (flattened over groups) has the same text
     as one of query ``i``'s positives but is not query ``i``'s target: it is removed from the softmax
     rather than pushed away.
+    ``doc_keys [B*G]`` and ``pos_keys [B, P]`` (-1 padded) are 63-bit keys of the same normalized texts,
+    so a loss that gathers documents from other ranks can build the same mask there.
     """
     queries = [e["query"] for e in examples]
     docs = [d for e in examples for d in e["docs"]]
@@ -68,4 +71,11 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         for j, t in enumerate(normed):
             if j != i * g and t in e["pos_set"]:
                 mask[i, j] = True
-    return {"queries": queries, "docs": docs, "false_negatives": mask}
+    # text keys: the same mask across ranks when in-batch negatives are gathered (ragr.losses.gather)
+    doc_keys = torch.tensor([text_key(t) for t in normed], dtype=torch.long)
+    width = max(len(e["pos_set"]) for e in examples)
+    pos_keys = torch.full((len(examples), width), -1, dtype=torch.long)
+    for i, e in enumerate(examples):
+        for k, t in enumerate(sorted(e["pos_set"])):
+            pos_keys[i, k] = text_key(t)
+    return {"queries": queries, "docs": docs, "false_negatives": mask, "doc_keys": doc_keys, "pos_keys": pos_keys}

@@ -11,6 +11,7 @@ against the same documents, encode the documents once::
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,22 +39,30 @@ class ColBERTScorer(Scorer):
     Queries and documents are encoded separately, so :meth:`encode_docs` / :meth:`score_queries`
     can reuse document vectors across any number of queries.
 
+    :meth:`score_pairs` keeps the token vectors of recently seen texts (least recently used first
+    out, at most ``cache_elements`` floats in all), so a query scored against candidates spread over
+    many batches is encoded once; memory stays bounded.
+
     Args:
         model: a :class:`ragr.models.colbert.ColBERT`.
         batch_size: texts per encoder batch.
+        cache_elements: size of the token-vector cache in fp32 elements (0 disables it).
     """
 
     family = "colbert"
 
-    def __init__(self, model: ColBERT, batch_size: int = 32) -> None:
+    def __init__(self, model: ColBERT, batch_size: int = 32, cache_elements: int = 2**25) -> None:
         self.model = model.eval()
         self.batch_size = batch_size
         self.tokenizer = model.tokenizer
         self.max_length = model.max_doc_length
+        self.cache_elements = cache_elements
+        self._cache: OrderedDict[tuple[bool, str], torch.Tensor] = OrderedDict()
+        self._cached = 0
 
     @classmethod
     def load(cls, path: str, *, device: Any = "cpu", dtype: Any = None, max_length: int | None = None,
-             batch_size: int = 32, **options: Any) -> ColBERTScorer:
+             batch_size: int = 32, cache_elements: int = 2**25, **options: Any) -> ColBERTScorer:
         """Load a ColBERT folder (bge-m3 layout). ``max_length`` caps the document length in tokens;
         ``options`` go to :meth:`ColBERT.from_pretrained` (``max_query_length``, ``mask_punctuation`` ...)."""
         from ragr.infer.reranker import parse_dtype
@@ -61,10 +70,29 @@ class ColBERTScorer(Scorer):
         if max_length is not None:
             options["max_doc_length"] = max_length
         model = ColBERT.from_pretrained(str(path), dtype=parse_dtype(dtype), key="--model", **options)
-        return cls(model.to(device), batch_size=batch_size)
+        return cls(model.to(device), batch_size=batch_size, cache_elements=cache_elements)
 
     def _encode(self, texts: Sequence[str], is_query: bool, progress: Callable[[int], None] | None = None):
         return self.model.encode(texts, is_query=is_query, batch_size=self.batch_size, progress=progress)
+
+    def _vectors(self, texts: list[str], is_query: bool) -> dict[str, torch.Tensor]:
+        """Token vectors of distinct ``texts``, from the cache or freshly encoded (then cached)."""
+        found = {}
+        for t in texts:
+            v = self._cache.get((is_query, t))
+            if v is not None:
+                self._cache.move_to_end((is_query, t))
+                found[t] = v
+        missing = [t for t in texts if t not in found]
+        for t, v in zip(missing, self._encode(missing, is_query) if missing else []):
+            found[t] = v
+            if self.cache_elements > 0 and v.numel() <= self.cache_elements:
+                self._cache[(is_query, t)] = v
+                self._cached += v.numel()
+        while self._cached > self.cache_elements:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.numel()
+        return found
 
     @torch.no_grad()
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
@@ -73,9 +101,8 @@ class ColBERTScorer(Scorer):
             raise ValueError(f"{len(queries)} queries but {len(docs)} documents")
         if not queries:
             return []
-        uq, ud = list(dict.fromkeys(queries)), list(dict.fromkeys(docs))
-        qv = dict(zip(uq, self._encode(uq, True)))
-        dv = dict(zip(ud, self._encode(ud, False)))
+        qv = self._vectors(list(dict.fromkeys(queries)), True)
+        dv = self._vectors(list(dict.fromkeys(docs)), False)
         out: list[float] = []
         for start in range(0, len(queries), self.batch_size):
             qs, ds = queries[start : start + self.batch_size], docs[start : start + self.batch_size]

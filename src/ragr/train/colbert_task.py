@@ -17,6 +17,8 @@ class ColBERTTask(EmbedderTask):
     Evaluation scores the dev reranking file with MaxSim (each distinct text encoded once).
     """
 
+    losses = ("infonce",)
+
     def build_loss(self):
         from ragr.errors import UserError
         from ragr.losses import build_loss

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ragr.errors import UserError
+
 from ragr.train.rundir import (
     STATE_FILE,
     atomic_write_text,
@@ -52,10 +54,15 @@ class Engine:
 
     def __init__(self, cfg: dict[str, Any], task, quiet: bool = False) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedDataParallelKwargs
 
+        AcceleratorState._reset_state()  # a second run in one process may use another precision
         self.cfg, self.task, self.t = cfg, task, cfg["trainer"]
         self.run_dir = Path(cfg["output_dir"])
-        self.accelerator = Accelerator(mixed_precision=_precision(self.t["precision"]))
+        # DDP: backbones carry weights the loss never uses (BERT's pooler under mean pooling)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        self.accelerator = Accelerator(mixed_precision=_precision(self.t["precision"]), kwargs_handlers=[ddp])
         self.console = Console(quiet=quiet or not self.accelerator.is_main_process)
         self.tb = None
 
@@ -92,6 +99,44 @@ class Engine:
             idx = perm[rank::world][:b]
         dataset.set_epoch(epoch)
         return [int(i) for i in idx]
+
+    # ---- distribution -------------------------------------------------------------------------
+    def _deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+    def _sharded(self) -> bool:
+        """ZeRO-3 or FSDP: no rank holds the whole model, so evaluation and saving gather it first."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP:
+            return True
+        return self._deepspeed() and acc.state.deepspeed_plugin.zero_stage == 3
+
+    def _full_model(self, model):
+        """The trained model, whole, on the main process (None elsewhere); every rank joins the gather."""
+        acc = self.accelerator
+        if not self._sharded():
+            return acc.unwrap_model(model) if acc.is_main_process else None
+        state = acc.get_state_dict(model)  # full (16-bit under ZeRO-3) weights on the main process
+        if not acc.is_main_process:
+            return None
+        whole = self.task.build_model()
+        result = whole.load_state_dict(state, strict=False)
+        params = {name for name, _ in whole.named_parameters()}
+        missing = [k for k in result.missing_keys if k in params]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"gathered weights do not fit the model: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
+        return whole.to(acc.device)
+
+    def _mean_across_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1 or not values:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.accelerator.device)
+        return dict(zip(values, self.accelerator.reduce(t, reduction="mean").tolist()))
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(self, step: int, epoch: int) -> None:
@@ -143,6 +188,8 @@ class Engine:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
+        from ragr.losses.gather import batch_text_keys
+
         acc, t = self.accelerator, self.t
         set_seed(self.cfg["seed"])
         resume_from = self._prepare_run_dir()
@@ -150,22 +197,36 @@ class Engine:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                from ragr.errors import UserError
-
                 raise UserError("trainer.tensorboard=true needs the tensorboard package (pip install 'ragr[tensorboard]')") from None
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
         dataset = self.task.build_dataset()
         model = self.task.build_model()
-        if t.get("gradient_checkpointing") and hasattr(model.backbone, "gradient_checkpointing_enable"):
-            model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if t.get("gradient_checkpointing"):
+            backbone = getattr(model, "backbone", model)
+            if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(backbone, "gradient_checkpointing_enable"):
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                raise UserError(f"trainer.gradient_checkpointing: {type(backbone).__name__} does not support it")
         loss_fn = self.task.build_loss()
         eval_rows = self.task.eval_rows()
         spe, total = self._schedule(len(dataset))
+        results: dict[str, Any] = {"run_dir": str(self.run_dir)}
+        sharded, deepspeed = self._sharded(), self._deepspeed()
+        if sharded and t.get("eval_before") and resume_from is None:  # once prepared, no rank holds the model
+            if acc.is_main_process:
+                model.to(acc.device)
+            results["before"] = self._evaluate(model, eval_rows, "before", 0)
+            acc.wait_for_everyone()
+        if deepspeed:  # no dataloader goes through prepare(): tell DeepSpeed the per-rank batch
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t["batch_size"]
         optimizer = _optimizer(model, t)
+        model, optimizer = acc.prepare(model, optimizer)
+        # on the prepared optimizer: DeepSpeed may replace the inner one (CPU Adam when offloading)
         scheduler = get_scheduler(t["scheduler"] if t["scheduler"] != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=int(t["warmup_ratio"] * total), num_training_steps=total)
-        model, optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(scheduler)
 
         start = 0
@@ -174,8 +235,7 @@ class Engine:
             start = json.loads((resume_from / STATE_FILE).read_text())["step"]
             self.console.print(f"resumed from {resume_from} (step {start})")
 
-        results: dict[str, Any] = {"run_dir": str(self.run_dir)}
-        if t.get("eval_before") and start == 0:
+        if t.get("eval_before") and start == 0 and not sharded:
             results["before"] = self._evaluate(model, eval_rows, "before", 0)
 
         unwrapped = acc.unwrap_model(model)
@@ -189,10 +249,13 @@ class Engine:
                 epoch = step // spe
                 for a in range(a_steps):
                     batch = self.task.collate([dataset[i] for i in self._micro_batch(dataset, step, a, spe)])
-                    sync = nullcontext() if a == a_steps - 1 else acc.no_sync(model)
-                    with sync, acc.autocast():
+                    last = a == a_steps - 1
+                    if deepspeed:  # DeepSpeed steps at the boundary and divides by grad_accum itself
+                        acc.sync_gradients = last
+                    sync = nullcontext() if last else acc.no_sync(model)
+                    with sync, acc.autocast(), batch_text_keys(batch.get("doc_keys"), batch.get("pos_keys")):
                         out = self.task.compute_loss(model, unwrapped, loss_fn, batch, acc.device)
-                        acc.backward(out["loss"] / a_steps)
+                        acc.backward(out["loss"] if deepspeed else out["loss"] / a_steps)
                     for k, v in out.items():
                         window[k] = window.get(k, 0.0) + float(v.detach()) / a_steps
                     seen += len(batch["queries"]) * acc.num_processes
@@ -206,8 +269,9 @@ class Engine:
                 done = step + 1
                 if done % t["log_every"] == 0 or done == total:
                     elapsed = time.perf_counter() - t0
+                    means = self._mean_across_ranks({k: v / n_window for k, v in window.items()})
                     record = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                              **{k: v / n_window for k, v in window.items()}, "samples_per_s": seen / max(elapsed, 1e-9)}
+                              **means, "samples_per_s": seen / max(elapsed, 1e-9)}
                     self._log(record)
                     self.console.progress_note(f"loss {record['loss']:.4f}")
                     window, n_window, t0, seen = {}, 0, time.perf_counter(), 0
@@ -217,12 +281,13 @@ class Engine:
         if total > last_saved:
             self._save_checkpoint(total, (total - 1) // spe if total else 0)
 
+        final = self._full_model(model)  # collective under ZeRO-3 / FSDP; None off the main process
         if t.get("eval_after"):
-            results["after"] = self._evaluate(model, eval_rows, "after", total)
+            results["after"] = self._evaluate(final if sharded else model, eval_rows, "after", total)
         if acc.is_main_process:
             tmp = self.run_dir / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.task.save(acc.unwrap_model(model), tmp)
+            self.task.save(final, tmp)
             replace_dir(tmp, self.run_dir / "model")
             evals = {k: results[k] for k in ("before", "after") if results.get(k)}
             if evals:

@@ -19,6 +19,8 @@ class RerankerTask:
     """Train a reranker family on pointwise / grouped / triplet data (see :mod:`ragr.data.rerank`)."""
 
     eval_batch_size = 64
+    #: losses this task can train with (checked when the config is composed)
+    losses = ("pointwise", "pairwise", "listwise")
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg

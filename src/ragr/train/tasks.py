@@ -16,6 +16,9 @@ import torch
 class EmbedderTask:
     """Bi-encoder training with InfoNCE/MRL on pair / triplet / scored data, evaluated on reranking data."""
 
+    #: losses this task can train with (checked when the config is composed)
+    losses = ("infonce", "mrl")
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.model = None
