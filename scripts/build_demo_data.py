@@ -25,6 +25,8 @@ For every language this script:
    positives) for the query. A negative is never one of the query's positives
    (normalized text, and also punctuation-insensitively) nor the query text
    itself.
+   The window, guards and seeded sampling are ``ragr.data.mine.pick_negatives``,
+   the selection step of ``ragr mine``.
    - train: up to ``--train-negs`` candidates sampled from that window, with
      the positive-aware false-negative guard: a candidate is kept only if
      ``sim(q, cand) < max_pos_sim(q) - --margin``. If the window has too few
@@ -66,6 +68,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ragr.data.mine import pick_negatives
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "src" / "ragr" / "resources" / "demo"
@@ -246,21 +250,21 @@ def build_language(lang: str, model, args) -> dict:
         best_pos = float(s[pos_idx].max())
         order = np.argsort(-s, kind="stable")
         ranked = order[allowed[order]]  # positives/forbidden removed
-        window = ranked[args.rank_min - 1 : args.rank_max]
 
+        # The selection step of `ragr mine` (ragr.data.mine.pick_negatives): ranks
+        # rank_min..rank_max of `ranked`, a guard, a seeded uniform sample, hardest first.
         if dev:
-            guard = aa[np.ix_(window, pos_idx)].max(axis=1) < args.dev_paraphrase_sim
-            n_random = dev_random
-            n_total = args.dev_negs
+            n_random, n_total = dev_random, args.dev_negs
+            mined = pick_negatives(
+                ranked, s[ranked], n_total - n_random, (args.rank_min, args.rank_max), rng=rng,
+                reject=lambda ids: aa[np.ix_(ids, pos_idx)].max(axis=1) >= args.dev_paraphrase_sim,
+            )
         else:
-            guard = s[window] < best_pos - args.margin
-            n_random = train_random
-            n_total = args.train_negs
-        cands = window[guard]
-        n_mined = min(n_total - n_random, len(cands))
-        mined = rng.choice(cands, size=n_mined, replace=False) if n_mined else np.array([], int)
-        # Keep mined negatives in similarity order (hardest first).
-        mined = sorted(mined.tolist(), key=lambda i: (-float(s[i]), i))
+            n_random, n_total = train_random, args.train_negs
+            mined = pick_negatives(
+                ranked, s[ranked], n_total - n_random, (args.rank_min, args.rank_max), rng=rng,
+                pos_score=best_pos, margin=args.margin,
+            )
 
         # Fill up to n_total with random answers (for train: only ones that also pass
         # the score guard), so every row has the same number of negatives.

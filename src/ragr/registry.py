@@ -103,3 +103,12 @@ launchers.register("deepspeed-zero1", "ragr.launch.distributed:run_distributed",
 launchers.register("deepspeed-zero2", "ragr.launch.distributed:run_distributed", "DeepSpeed ZeRO-2 via accelerate (+ gradients sharded; optimizer offload)")
 launchers.register("deepspeed-zero3", "ragr.launch.distributed:run_distributed", "DeepSpeed ZeRO-3 via accelerate (+ parameters sharded; param offload)")
 launchers.register("fsdp", "ragr.launch.distributed:run_distributed", "PyTorch FSDP via accelerate, wrapping the model's own layer class")
+
+# ---- distillation (issue 5) ----------------------------------------------------------------------
+losses.register("distill-kl", "ragr.losses.distill:KLDistillLoss", "distill: KL between teacher and student softmax over each query's candidates")
+losses.register("distill-mse", "ragr.losses.distill:MSEDistillLoss", "distill: MSE between student and teacher scores (raw, or sigmoid vs probability)")
+losses.register("distill-bce", "ragr.losses.distill:BCEDistillLoss", "distill: BCE of the student's logit against the teacher's probability")
+losses.register("llm-preference", "ragr.losses.distill:LLMPreferenceLoss", "distill: retriever softmax vs softmax of given (LLM) scores, per query")
+losses.register("stella", "ragr.losses.stella:StellaLoss", "distill: Stella/Jasper stage 3 from teacher vectors (cosine + sim MSE + hinge)")
+tasks.register("distill-scores", "ragr.train.distill_task:ScoreDistillTask", "ragr distill: a student learns teacher scores (model or data)")
+tasks.register("distill-vectors", "ragr.train.distill_task:VectorDistillTask", "ragr distill: Stella/Jasper stage 3 from teacher vectors")

@@ -1,14 +1,14 @@
-"""``ragr eval``: score reranking data with a model and report MAP / MRR@10 / nDCG@10."""
+"""``ragr eval``: reranking metrics (a file or named MTEB tasks), retrieval metrics (BEIR), and run comparisons."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from ragr.cli.common import EXTRA, OVERRIDES_HELP, handle_errors, print_metrics_table
+from ragr.cli.common import EXTRA, OVERRIDES_HELP, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -18,60 +18,52 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
         print_config: bool = typer.Option(False, "--print-config", help="Print the composed, resolved config and exit."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+        compare: bool = typer.Option(False, "--compare", help="Compare runs instead: the arguments are run folders or "
+                                     "eval.json files (a training run gives before/after); writes compare.md and compare.png."),
+        metrics: str = typer.Option("map,mrr@10,ndcg@10", "--metrics", help="--compare: comma-separated metrics to show."),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="--compare: folder for compare.md / compare.png "
+                                             "(default: output_dir)."),
     ) -> None:
-        """Evaluate a model on reranking data ({"query", "positive": [...], "negative": [...]}).
+        """Evaluate a model: reranking data, named MTEB reranking tasks, or retrieval on a BEIR folder.
 
-        Example: ragr eval model.name_or_path=runs/x/model data.eval=dev.jsonl
+        Examples: ragr eval model.name_or_path=runs/x/model data.eval=dev.jsonl |
+        ragr eval model.name_or_path=bge-reranker-base eval.tasks=[C-MTEB] data.tasks_dir=tasks |
+        ragr eval data=beir-local data.beir=scifact eval.reranker=bge-reranker-base |
+        ragr eval --compare runs/base runs/tuned
         """
         from ragr.config import compose_config, to_yaml
-        from ragr.data.formats import load_rerank_file
         from ragr.errors import UserError
-        from ragr.eval.rerank import count_texts, evaluate_embedder
-        from ragr.models import build_model
-        from ragr.train.rundir import atomic_write_text
+        from ragr.eval.report import print_report, write_json
         from ragr.ui import Console
 
-        cfg = compose_config("eval", overrides or [])
+        args = overrides or []
+        if compare:
+            _compare(args, metrics, output, quiet)
+            return
+        cfg = compose_config("eval", args)
         if print_config:
             typer.echo(to_yaml(cfg), nl=False)
             return
-        if not cfg["data"].get("eval"):
-            raise UserError("data.eval is not set (pass data.eval=path/to/dev.jsonl)")
         console = Console(quiet=quiet)
-        rows = load_rerank_file(cfg["data"]["eval"])
-        family = eval_family(cfg["model"])
-        bs, ks = cfg["eval"]["batch_size"], cfg["eval"]["ks"]
-        if family == "embedder":
-            if cfg["model"]["family"] == "embedder":
-                model = build_model(cfg["model"])
-            else:
-                from ragr.models.embedder import Embedder
-
-                model = Embedder.from_pretrained(cfg["model"]["name_or_path"])
-            with console.progress("eval", count_texts(rows)) as advance:
-                metrics = evaluate_embedder(model, rows, batch_size=bs, ks=ks, progress=advance)
-        else:  # every other family scores (query, candidate) pairs through the Reranker API
-            from ragr.eval.rerank import count_pairs, evaluate_reranker
-            from ragr.infer.reranker import Reranker
-
-            reranker = None
-            if family == cfg["model"]["family"]:
-                model = build_model(cfg["model"])
-                if callable(getattr(model, "score_pairs", None)):
-                    import torch
-
-                    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-                    reranker = Reranker.from_scorer(model, batch_size=bs)
-            if reranker is None:
-                reranker = Reranker(cfg["model"]["name_or_path"], family=family, batch_size=bs)
-            with console.progress("eval", count_pairs(rows)) as advance:
-                metrics = evaluate_reranker(reranker, rows, ks=ks, progress=advance)
+        data = cfg["data"]
         out = Path(cfg["output_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        report = {"model": cfg["model"]["name_or_path"], "data": cfg["data"]["eval"], "metrics": metrics}
-        atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
-        print_metrics_table(console, Path(cfg["data"]["eval"]).name, {"score": metrics})
-        console.print(f"written to [bold]{out / 'eval.json'}[/]")
+        if data.get("beir"):
+            report = _retrieval(cfg, console, out)
+        elif cfg["eval"].get("tasks"):
+            report = _tasks(cfg, console, args)
+        elif data.get("eval"):
+            report = _rerank_file(cfg, console)
+        else:
+            raise UserError("nothing to evaluate: set data.eval=FILE (reranking data), eval.tasks=[NAME,...] "
+                            "(named reranking tasks) or data.beir=DIR (retrieval)")
+        path = write_json(out / "eval.json", report)
+        print_report(console, report)
+        console.print(f"written to [bold]{path}[/]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the model
+# ---------------------------------------------------------------------------------------------
 
 
 def eval_family(model_cfg: dict) -> str:
@@ -86,3 +78,130 @@ def eval_family(model_cfg: dict) -> str:
         except UserError:
             pass
     return model_cfg["family"]
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_embedder(model_cfg: dict):
+    from ragr.models import build_model
+
+    if model_cfg["family"] == "embedder":
+        model = build_model(model_cfg)
+    else:
+        from ragr.models.embedder import Embedder
+
+        model = Embedder.from_pretrained(model_cfg["name_or_path"])
+    return model.to(_device()).eval()
+
+
+def _rerank_evaluator(cfg: dict) -> tuple[str, Callable[..., dict], Callable[[list], int]]:
+    """(family, evaluate(rows, progress) -> metrics, count(rows) -> progress total) for the configured model."""
+    from ragr.eval.rerank import count_pairs, count_texts, evaluate_embedder, evaluate_reranker
+    from ragr.models import build_model
+
+    family = eval_family(cfg["model"])
+    bs, ks = cfg["eval"]["batch_size"], cfg["eval"]["ks"]
+    if family == "embedder":
+        model = _load_embedder(cfg["model"])
+        return family, lambda rows, progress: evaluate_embedder(model, rows, batch_size=bs, ks=ks, progress=progress), count_texts
+    # every other family scores (query, candidate) pairs through the Reranker API
+    from ragr.infer.reranker import Reranker
+
+    reranker = None
+    if family == cfg["model"]["family"]:
+        model = build_model(cfg["model"])
+        if callable(getattr(model, "score_pairs", None)):
+            model.to(_device()).eval()
+            reranker = Reranker.from_scorer(model, batch_size=bs)
+    if reranker is None:
+        reranker = Reranker(cfg["model"]["name_or_path"], family=family, batch_size=bs)
+    return family, lambda rows, progress: evaluate_reranker(reranker, rows, ks=ks, progress=progress), count_pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+# ---------------------------------------------------------------------------------------------
+
+
+def _rerank_file(cfg: dict, console) -> dict[str, Any]:
+    from ragr.data.formats import load_rerank_file
+
+    rows = load_rerank_file(cfg["data"]["eval"])
+    family, run, count = _rerank_evaluator(cfg)
+    with console.progress("eval", count(rows)) as advance:
+        metrics = run(rows, advance)
+    return {"model": cfg["model"]["name_or_path"], "family": family, "data": cfg["data"]["eval"], "metrics": metrics}
+
+
+def _tasks(cfg: dict, console, overrides: list[str]) -> dict[str, Any]:
+    from ragr.eval.mteb import average_metrics, load_task, resolve_tasks
+
+    tasks = resolve_tasks(cfg["eval"]["tasks"])
+    # data.eval names the local copy of a single task only when given on the command line (the data
+    # group's default dev file is not a copy of a named task)
+    single = cfg["data"]["eval"] if len(tasks) == 1 and any(o.startswith("data.eval=") for o in overrides) else None
+    loaded = {t.name: load_task(t, cfg["data"].get("tasks_dir"), single) for t in tasks}  # all data before the model
+    family, run, count = _rerank_evaluator(cfg)
+    per_task: dict[str, Any] = {}
+    for task in tasks:
+        got = loaded[task.name]
+        with console.progress(task.name, count(got["rows"])) as advance:
+            metrics = run(got["rows"], advance)
+        per_task[task.name] = {"source": got["source"], "split": task.split, "num_dropped": got["num_dropped"],
+                               "metrics": metrics}
+    average = average_metrics({n: t["metrics"] for n, t in per_task.items()})
+    return {"model": cfg["model"]["name_or_path"], "family": family, "tasks": per_task, "average": average,
+            "metrics": average}
+
+
+def _retrieval(cfg: dict, console, out: Path) -> dict[str, Any]:
+    from ragr.errors import UserError
+    from ragr.eval.retrieval import evaluate_retrieval, load_beir, write_trec_run
+
+    ev = cfg["eval"]
+    family = eval_family(cfg["model"])
+    if family != "embedder":
+        raise UserError(f"retrieval evaluation searches with an embedder, and {cfg['model']['name_or_path']} is a "
+                        f"{family} model; pass an embedder as model.name_or_path and this one as eval.reranker")
+    data = load_beir(cfg["data"]["beir"], cfg["data"].get("split"))
+    embedder = _load_embedder(cfg["model"])
+    reranker = None
+    if ev.get("reranker"):
+        from ragr.infer.reranker import Reranker
+
+        reranker = Reranker(ev["reranker"], family=ev.get("reranker_family"), batch_size=ev["batch_size"])
+    ks = sorted(set(ev["ks"]) | {ev["top_k"]})
+    res = evaluate_retrieval(embedder, data, top_k=ev["top_k"], ks=ks, batch_size=ev["batch_size"], reranker=reranker,
+                             rerank_top_k=min(ev["rerank_top_k"], ev["top_k"]), search=ev["search"], console=console)
+    runs = {}
+    if ev.get("save_run", True):
+        out.mkdir(parents=True, exist_ok=True)
+        for stage, run in res["runs"].items():
+            path = out / f"run.{stage}.trec"
+            write_trec_run(path, run, tag=f"ragr-{stage}")
+            runs[stage] = str(path)
+    stages = res["stages"]
+    return {"model": cfg["model"]["name_or_path"], "family": family, "data": data.path, "split": data.split,
+            "num_docs": len(data.doc_ids), "reranker": ev.get("reranker"), "top_k": ev["top_k"],
+            "rerank_top_k": min(ev["rerank_top_k"], ev["top_k"]) if reranker is not None else None,
+            "stages": stages, "runs": runs, "metrics": stages["rerank" if "rerank" in stages else "retrieval"]}
+
+
+def _compare(args: list[str], metrics: str, output: str | None, quiet: bool) -> None:
+    from ragr.eval.report import compare_runs
+    from ragr.ui import Console
+
+    runs = [a for a in args if Path(a).expanduser().exists() or "=" not in a]
+    rest = [a for a in args if a not in runs]
+    if output is None:
+        from ragr.config import compose_config
+
+        output = compose_config("eval", rest)["output_dir"]
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    result = compare_runs(runs, output, names)
+    typer.echo(result["markdown"], nl=False)
+    Console(quiet=quiet).print(f"written to [bold]{result['md_path']}[/] and [bold]{result['png_path']}[/]")

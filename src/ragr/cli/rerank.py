@@ -71,7 +71,8 @@ def register(app: typer.Typer) -> None:
     def rerank(
         model: str = typer.Option(..., "--model", "-m", help="Model folder, alias (bge-reranker-base, qwen-reranker ...) or hub id."),
         family: Optional[str] = typer.Option(None, "--family", help="Reranker family; default: read from the model's files."),
-        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Pairs per forward pass."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="At most this many pairs per forward pass (default: as many as fit --max-tokens; 32 for LLM families)."),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Padded tokens per forward pass (default: 8192 on CPU, 32768 on GPU; cross-encoders sort pairs by token length)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
         max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Input length in tokens (default: the model's)."),
         long_doc: str = typer.Option("truncate", "--long-doc", help="truncate | max-chunk (max over overlapping windows)."),
@@ -106,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
             hf_logging.disable_progress_bar()
         reranker = Reranker(model, family=family, device=device, dtype=dtype, max_length=max_length,
-                            long_doc=long_doc, overlap=overlap, batch_size=batch_size)
+                            long_doc=long_doc, overlap=overlap, batch_size=batch_size, max_tokens=max_tokens)
         source = str(input) if input is not None else "<stdin>"
         fin = open(input, encoding="utf-8") if input is not None else sys.stdin
         fout = open(output, "w", encoding="utf-8") if output is not None else sys.stdout

@@ -23,6 +23,10 @@ class DataConfig:
     format: Literal["auto", "pair", "triplet", "scored", "pointwise", "grouped"] = "auto"
     num_negatives: int = 3   # hard negatives per query (embedder / colbert), or per group (rerankers: group = 1 + n)
     label_key: str = "label"  # pointwise data: the field holding the label
+    # ragr eval only (see src/ragr/eval/retrieval.py and src/ragr/eval/mteb.py)
+    beir: Optional[str] = None        # a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): retrieval eval
+    split: Optional[str] = None       # its qrels split (default: test, else the only one)
+    tasks_dir: Optional[str] = None   # local copies of named reranking tasks: <tasks_dir>/<TaskName>.jsonl
 
 
 @dataclass
@@ -46,6 +50,8 @@ class TrainerConfig:
     resume: Optional[str] = None
     eval_before: bool = True
     eval_after: bool = True
+    eval_every: int = 0            # steps between dev evaluations during training (0: none); keeps run_dir/best/
+    best_metric: str = "ndcg@10"   # the dev metric (higher is better) that picks run_dir/best/
     tensorboard: bool = False
     num_workers: int = 0
 
@@ -65,13 +71,20 @@ class LauncherConfig:
     nvme_path: Optional[str] = None           # deepspeed offload to nvme
     fsdp_version: Literal[1, 2] = 2
     sharding: Literal["full_shard", "shard_grad_op"] = "full_shard"   # fsdp
-    layer_cls: Optional[str] = None           # fsdp: layer class names to wrap (default: found from the model)
+    layer_cls: Optional[list[str]] = None     # fsdp: layer class names to wrap (default: found from the model)
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 64
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    tasks: list[str] = field(default_factory=list)   # named reranking tasks / suites (C-MTEB, MTEB-en, T2Reranking ...)
+    top_k: int = 100                  # retrieval: documents retrieved per query
+    reranker: Optional[str] = None    # retrieval: rerank the top hits with this model (folder, alias or hub id)
+    reranker_family: Optional[str] = None
+    rerank_top_k: int = 100           # retrieval: hits per query given to the reranker
+    search: Literal["auto", "torch", "faiss"] = "auto"   # exact search backend (auto: faiss when installed)
+    save_run: bool = True             # retrieval: write TREC run files beside eval.json
 
 
 @dataclass
@@ -96,6 +109,34 @@ class EvalRunConfig:
 
 
 SCHEMAS = {"train": TrainConfig, "eval": EvalRunConfig}
+
+
+# ---- ragr distill (issue 5): teacher / student nodes instead of model --------------------------
+@dataclass
+class DistillSettings:
+    cache_dir: Optional[str] = None          # teacher-score cache (null: output_dir/teacher_scores)
+    rescore: bool = False                    # recompute cached teacher scores
+    teacher_batch_size: int = 32
+    teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    group_size: Optional[int] = None         # candidates per query (null: 1 + data.num_negatives)
+    agreement_queries: int = 100             # queries for the student-teacher agreement before / after
+
+
+@dataclass
+class DistillRunConfig:
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+    data: DataConfig
+    trainer: TrainerConfig
+    launcher: LauncherConfig
+    loss: dict[str, Any]
+    distill: DistillSettings = field(default_factory=DistillSettings)
+    seed: int = 42
+    name: str = "distill"
+    output_dir: str = "runs/distill"
+
+
+SCHEMAS["distill"] = DistillRunConfig
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -200,6 +241,10 @@ def check_kwargs(node: dict[str, Any], fn: Any, path: str, skip: tuple[str, ...]
 def validate(command: str, cfg: dict[str, Any]) -> None:
     """Validate a resolved config (plain dict) for ``command``; raises UserError naming the key."""
     check_fields(cfg, SCHEMAS[command], "")
+    if command == "distill":  # teacher / student nodes instead of model: see ragr.train.distill_task
+        from ragr.train.distill_task import validate_distill
+
+        return validate_distill(cfg)
     check_model_config(cfg["model"], "model")
     if "launcher" in cfg:
         from ragr.registry import launchers

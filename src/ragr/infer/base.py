@@ -79,6 +79,20 @@ class Scorer:
         """
         raise NotImplementedError
 
+    def tokenize_pairs(self, queries: list[str], docs: list[str]) -> list[dict[str, list[int]]] | None:
+        """Optional fast path: each pair's model inputs, tokenized once and unpadded, or None (not supported).
+
+        When a family returns features here, :class:`ragr.infer.Reranker` sorts pairs by their exact
+        token length, cuts batches by a token budget and calls :meth:`score_tokenized`; otherwise it
+        sorts by characters and calls :meth:`score_pairs` with ``batch_size`` pairs. Each dict holds
+        ``input_ids`` (and e.g. ``token_type_ids``) for one pair; its length is ``len(input_ids)``.
+        """
+        return None
+
+    def score_tokenized(self, features: list[dict[str, list[int]]]) -> list[float]:
+        """Raw fp32 scores of one batch of :meth:`tokenize_pairs` features (pad each batch to its own longest)."""
+        raise NotImplementedError
+
     def doc_budget(self, query: str) -> int:
         """How many document tokens fit beside ``query`` within :attr:`max_length`."""
         raise NotImplementedError(f"reranker family '{self.family}' does not support long_doc='max-chunk'")
@@ -133,6 +147,42 @@ def scorer_class(family: str) -> type:
     if not all(callable(getattr(cls, m, None)) for m in ("load", "score_pairs")):
         raise UserError(f"reranker family '{family}' ({cls.__name__}) does not implement the Scorer interface (load, score_pairs)")
     return cls
+
+
+def token_batches(lengths: list[int], max_tokens: int, max_pairs: int | None = None,
+                  overhead: int = 64) -> list[list[int]]:
+    """Cut items into batches of similar length that pad as little as possible within a token budget.
+
+    Items are sorted by ``lengths`` (longest first, ties in input order) and cut into consecutive
+    batches; a batch costs its padded size (pairs x its longest) plus ``overhead`` token-equivalents
+    (the fixed cost of one forward pass), and the cut minimizing the total cost is found exactly by
+    dynamic programming, subject to ``pairs x longest <= max_tokens`` and ``pairs <= max_pairs``. An
+    item longer than the budget gets a batch of its own. Returns lists of item indices, longest
+    batches first.
+    """
+    import numpy as np
+
+    n = len(lengths)
+    order = sorted(range(n), key=lambda k: -lengths[k])
+    s = np.array([max(1, int(lengths[k])) for k in order], dtype=np.int64)
+    best = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    cap = max_pairs or n
+    for i in range(1, n + 1):  # best[i]: cheapest cut of the first i items; the last batch is start[i]..i-1
+        back = min(cap, i, max(1, max_tokens // int(s[i - 1])))  # s[j] >= s[i-1]: longer batches exceed the budget
+        j = np.arange(i - back, i)
+        size = (i - j) * s[j]
+        cost = best[j] + size
+        cost[size > max_tokens] = np.inf
+        cost[-1] = best[i - 1] + s[i - 1]  # a single item always fits
+        k = int(np.argmin(cost))
+        best[i], start[i] = cost[k] + overhead, j[k]
+    batches: list[list[int]] = []
+    i = n
+    while i > 0:
+        batches.append(order[start[i] : i])
+        i = int(start[i])
+    return batches[::-1]
 
 
 def token_windows(tokenizer: Any, text: str, size: int, overlap: int) -> list[str]:

@@ -9,9 +9,17 @@ from typing import Any
 import torch
 
 from ragr.errors import UserError
-from ragr.infer.base import Scorer, scorer_class, token_windows
+from ragr.infer.base import Scorer, scorer_class, token_batches, token_windows
 
 LONG_DOC = ("truncate", "max-chunk")
+#: pairs tokenized and sorted together: bounds memory whatever the input size
+SORT_WINDOW = 8192
+#: pairs per forward pass for families without the token-level fast path, when batch_size is None
+DEFAULT_PAIRS = 32
+#: default padded tokens per forward pass, and the fixed cost of one forward pass in token-equivalents
+#: (see :func:`ragr.infer.base.token_batches`): a CPU is busy with a few hundred tokens, a GPU wants more
+MAX_TOKENS = {"cpu": 8192, "other": 32768}
+BATCH_OVERHEAD = {"cpu": 64, "other": 1024}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -39,7 +47,12 @@ class Reranker:
         long_doc: ``truncate`` (cut what does not fit) or ``max-chunk`` (score overlapping windows of
             the document that fit beside the query, keep the max).
         overlap: tokens shared by consecutive ``max-chunk`` windows (capped at half a window).
-        batch_size: pairs per forward pass; pairs are sorted by length first to cut padding.
+        batch_size: at most this many pairs per forward pass (None: as many as ``max_tokens`` allows;
+            32 for families without the token-level path).
+        max_tokens: padded tokens per forward pass (pairs x longest pair in the batch); None: 8192 on
+            CPU, 32768 on a GPU. Families that tokenize up front (cross-encoders) sort pairs by exact
+            token length, cut batches that pad least within this budget and pad each batch only to
+            its own longest pair; others sort by characters.
         **options: family options, such as an LLM's ``prompt`` dict.
 
     Example:
@@ -50,7 +63,7 @@ class Reranker:
 
     def __init__(self, name_or_path: str, family: str | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, max_length: int | None = None, long_doc: str = "truncate",
-                 overlap: int = 32, batch_size: int = 32, **options: Any) -> None:
+                 overlap: int = 32, batch_size: int | None = None, max_tokens: int | None = None, **options: Any) -> None:
         from ragr.infer.detect import detect_family
         from ragr.infer.presets import preset_for
         from ragr.models.hub import resolve_model_path
@@ -70,25 +83,38 @@ class Reranker:
             if "argument" in str(exc):
                 raise UserError(f"reranker family '{family}': {exc}") from None
             raise
-        self._setup(scorer, long_doc, overlap, batch_size)
+        self._setup(scorer, long_doc, overlap, batch_size, max_tokens)
         self.name_or_path = str(name_or_path)
 
     @classmethod
-    def from_scorer(cls, scorer: Scorer, long_doc: str = "truncate", overlap: int = 32, batch_size: int = 32) -> Reranker:
+    def from_scorer(cls, scorer: Scorer, long_doc: str = "truncate", overlap: int = 32, batch_size: int | None = None,
+                    max_tokens: int | None = None) -> Reranker:
         """Wrap an already loaded scorer (a model being trained, a custom scorer) in the Reranker API."""
         self = cls.__new__(cls)
-        self._setup(scorer, long_doc, overlap, batch_size)
+        self._setup(scorer, long_doc, overlap, batch_size, max_tokens)
         self.name_or_path = type(scorer).__name__
         return self
 
-    def _setup(self, scorer: Scorer, long_doc: str, overlap: int, batch_size: int) -> None:
+    def _setup(self, scorer: Scorer, long_doc: str, overlap: int, batch_size: int | None, max_tokens: int | None) -> None:
         if long_doc not in LONG_DOC:
             raise UserError(f"long_doc must be one of {', '.join(LONG_DOC)}, got {long_doc!r}")
         if overlap < 0:
             raise UserError(f"overlap must be >= 0, got {overlap}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        self.scorer, self.long_doc, self.overlap, self.batch_size = scorer, long_doc, overlap, batch_size
+        if max_tokens is not None and max_tokens < 1:
+            raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.scorer, self.long_doc, self.overlap = scorer, long_doc, overlap
+        kind = "cpu" if self._device_type() == "cpu" else "other"
+        self.batch_size, self.max_tokens = batch_size, max_tokens or MAX_TOKENS[kind]
+        self.batch_overhead = BATCH_OVERHEAD[kind]
+
+    def _device_type(self) -> str:
+        params = getattr(self.scorer, "parameters", None)
+        try:
+            return next(params()).device.type if callable(params) else "cpu"
+        except (StopIteration, TypeError):
+            return "cpu"
 
     @property
     def family(self) -> str:
@@ -129,20 +155,34 @@ class Reranker:
         if not pairs:
             return []
         items = self._items(pairs)
-        order = sorted(range(len(items)), key=lambda k: len(items[k][1]) + len(items[k][2]), reverse=True)
         raw = [0.0] * len(items)
         per_item = len(pairs) / len(items)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            scores = self.scorer.score_pairs([items[k][1] for k in idx], [items[k][2] for k in idx])
-            for k, s in zip(idx, scores):
-                raw[k] = float(s)
-            if progress is not None:
-                progress(len(idx) * per_item)
+        for w in range(0, len(items), SORT_WINDOW):
+            window = items[w : w + SORT_WINDOW]
+            for idx, scores in self._score_window([q for _, q, _ in window], [d for _, _, d in window]):
+                for k, s in zip(idx, scores):
+                    raw[w + k] = float(s)
+                if progress is not None:
+                    progress(len(idx) * per_item)
         out = [float("-inf")] * len(pairs)
         for (i, _, _), s in zip(items, raw):
             out[i] = max(out[i], s)
         return [self.scorer.normalize(s) for s in out] if normalize else out
+
+    def _score_window(self, queries: list[str], docs: list[str]):
+        """Yield ``(indices, scores)`` per forward pass over one window of pairs, longest batches first."""
+        tokenize = getattr(self.scorer, "tokenize_pairs", None)  # duck-typed scorers may lack the fast path
+        feats = tokenize(queries, docs) if tokenize is not None else None
+        if feats is not None:  # exact token lengths: token-budget batches, each padded to its own longest
+            lengths = [len(f["input_ids"]) for f in feats]
+            for idx in token_batches(lengths, self.max_tokens, self.batch_size, self.batch_overhead):
+                yield idx, self.scorer.score_tokenized([feats[k] for k in idx])
+            return
+        size = self.batch_size or DEFAULT_PAIRS
+        order = sorted(range(len(queries)), key=lambda k: len(queries[k]) + len(docs[k]), reverse=True)
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            yield idx, self.scorer.score_pairs([queries[k] for k in idx], [docs[k] for k in idx])
 
     def rank(self, query: str, docs: Sequence[str], top_k: int | None = None,
              normalize: bool = False) -> list[tuple[int, float, str]]:

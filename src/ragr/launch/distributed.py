@@ -17,11 +17,13 @@ ranks on all machines (as in accelerate); each machine runs ``ragr train`` with 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +97,27 @@ def _torchrun(launcher: dict[str, Any], worker_args: list[str], ip: str, port: i
             "--master-addr", ip, "--master-port", str(port),
             "--log-dir", str(launch_dir / "torchrun"),
             "--module", WORKER, *worker_args]
+    per_node = launcher["num_processes"] // launcher["num_machines"]
     env = {} if cuda else {"ACCELERATE_USE_CPU": "true"}  # CPU ranks: accelerate makes them MULTI_CPU (gloo)
-    with patch_environment(**env):
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores (torchrun would set 1 and print a banner)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_node))
+    with patch_environment(**env), _quiet_elastic_logs():
         torchrun.run(torchrun.parse_args(argv))
+
+
+@contextmanager
+def _quiet_elastic_logs():
+    """torchrun's agent logs each failed rank; the parent reports failures itself, once."""
+    loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
+               if name.startswith("torch.distributed.elastic") and isinstance(lg, logging.Logger)]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _accelerate_launch(config_file: Path, worker_args: list[str]) -> None:
@@ -108,6 +128,37 @@ def _accelerate_launch(config_file: Path, worker_args: list[str]) -> None:
     launch_command(args)
 
 
+def write_run_files(cfg: dict[str, Any], cuda: bool) -> tuple[Path, Path, str, int]:
+    """Write ``run_dir/config.yaml`` (resolved) and ``run_dir/accelerate_config.yaml``.
+
+    Returns ``(config_file, accelerate_config_file, main_process_ip, main_process_port)``.
+    A run dir holding checkpoints is refused (unless ``trainer.resume`` says to continue) before anything is written.
+    """
+    from ragr.config import to_yaml
+    from ragr.train.rundir import atomic_write_text, find_resume_point
+
+    launcher = cfg["launcher"]
+    run_dir = Path(cfg["output_dir"]).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    find_resume_point(run_dir, cfg["trainer"].get("resume"))
+    multi_node = launcher["num_machines"] > 1
+    ip = launcher.get("main_process_ip") or "127.0.0.1"
+    port = launcher.get("main_process_port") or (DEFAULT_PORT if multi_node else _free_port())
+    layer_cls = None
+    if launcher["name"] == "fsdp":
+        from ragr.launch.layers import layer_classes_for_model
+
+        layer_cls = launcher.get("layer_cls") or layer_classes_for_model(cfg["model"])
+    acc_cfg = accelerate_config(launcher, cfg["trainer"], cuda=cuda, main_process_ip=ip, main_process_port=port,
+                                layer_cls=layer_cls)
+    # one accelerate config per machine: on a shared filesystem the machines must not overwrite each other's
+    acc_name = f"accelerate_config.machine{launcher['machine_rank']}.yaml" if multi_node else "accelerate_config.yaml"
+    config_file, acc_file = run_dir / "config.yaml", run_dir / acc_name
+    atomic_write_text(config_file, to_yaml(cfg))
+    write_config(acc_cfg, acc_file)
+    return config_file, acc_file, ip, port
+
+
 def run_distributed(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
     """Train with the multi-process launcher ``cfg["launcher"]["name"]``; returns rank 0's results.
 
@@ -115,37 +166,17 @@ def run_distributed(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any] 
     """
     import torch
 
-    from ragr.config import to_yaml
-    from ragr.train.rundir import atomic_write_text, find_resume_point
-
     launcher = cfg["launcher"]
     cuda = torch.cuda.is_available()
     check_launcher(launcher, cuda, torch.cuda.device_count() if cuda else 0)
-    if launcher["name"] in ZERO_STAGES or launcher["name"] == "fsdp":
+    if launcher["name"] in ZERO_STAGES:
         from accelerate.utils import is_deepspeed_available
 
-        if launcher["name"] in ZERO_STAGES and not is_deepspeed_available():
+        if not is_deepspeed_available():
             raise UserError(f"launcher={launcher['name']} needs DeepSpeed: pip install 'ragr[deepspeed]'")
+    config_file, acc_file, ip, port = write_run_files(cfg, cuda)
 
-    run_dir = Path(cfg["output_dir"]).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    find_resume_point(run_dir, cfg["trainer"].get("resume"))  # refuse a finished run before touching its files
-    multi_node = launcher["num_machines"] > 1
-    ip = launcher.get("main_process_ip") or "127.0.0.1"
-    port = launcher.get("main_process_port") or (DEFAULT_PORT if multi_node else _free_port())
-
-    layer_cls = None
-    if launcher["name"] == "fsdp":
-        from ragr.launch.layers import layer_classes_for_model
-
-        layer_cls = launcher["layer_cls"].split(",") if launcher.get("layer_cls") else layer_classes_for_model(cfg["model"])
-    acc_cfg = accelerate_config(launcher, cfg["trainer"], cuda=cuda, main_process_ip=ip, main_process_port=port,
-                                layer_cls=layer_cls)
-    config_file, acc_file = run_dir / "config.yaml", run_dir / "accelerate_config.yaml"
-    atomic_write_text(config_file, to_yaml(cfg))
-    write_config(acc_cfg, acc_file)
-
-    launch_dir = Path(tempfile.mkdtemp(prefix=".launch-", dir=run_dir))
+    launch_dir = Path(tempfile.mkdtemp(prefix=".launch-", dir=config_file.parent))
     worker_args = [str(config_file), "--launch-dir", str(launch_dir)] + (["--quiet"] if quiet else [])
     try:
         try:

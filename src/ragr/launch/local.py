@@ -12,6 +12,7 @@ def run_local(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
     from ragr.train.engine import Engine
 
     if cfg["launcher"].get("num_processes", 1) != 1:
-        raise UserError("launcher=local runs one process; launcher.num_processes must be 1")
+        raise UserError("launcher=local runs one process; for several use launcher=ddp (or deepspeed-zero*, fsdp) "
+                        "with launcher.num_processes=N")
     task = tasks.get(cfg["model"]["family"])(cfg)
     return Engine(cfg, task, quiet=quiet).run()

@@ -69,7 +69,10 @@ class CrossEncoder(nn.Module, Scorer):
         kwargs: dict[str, Any] = {} if has_head else {"num_labels": 1}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        backbone = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        try:  # SDPA attention (fused kernels on CPU and GPU); transformers' own default for BERT-likes
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        except (ValueError, ImportError):  # an architecture without SDPA support
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if max_length is None:
             max_length = _read_ragr_json(path).get("max_length") or default_max_length(tokenizer, backbone.config)
@@ -78,7 +81,28 @@ class CrossEncoder(nn.Module, Scorer):
     @classmethod
     def load(cls, path: str, *, device: Any = "cpu", dtype: Any = None, max_length: int | None = None,
              **options: Any) -> CrossEncoder:
-        return cls.from_pretrained(path, max_length=max_length, dtype=dtype, **options).to(device).eval()
+        """Load for inference; under bf16/fp16 the scoring head (pooler, classifier) stays fp32."""
+        model = cls.from_pretrained(path, max_length=max_length, dtype=dtype, **options)
+        if dtype is not None and dtype != torch.float32:
+            model.fp32_head()
+        return model.to(device).eval()
+
+    def fp32_head(self) -> CrossEncoder:
+        """Keep the pooler and classification head in fp32 (inputs upcast), the encoder in its own dtype.
+
+        The head is a tiny share of the compute; in fp32 the scores keep a full mantissa, so
+        near-tied documents are not rounded onto the same bf16 value and the ranking stays stable.
+        """
+        def upcast(module, args, kwargs):
+            cast = lambda v: v.float() if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
+            return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+        for name, module in self.backbone.named_modules():
+            last = name.rsplit(".", 1)[-1]
+            if (name in ("classifier", "score") or (last == "pooler" and name.count(".") <= 1)) and module is not None:
+                module.float()
+                module.register_forward_pre_hook(upcast, with_kwargs=True)
+        return self
 
     # ---- forward ------------------------------------------------------------------------------
     def tokenize(self, queries: list[str], docs: list[str]) -> dict[str, torch.Tensor]:
@@ -94,12 +118,48 @@ class CrossEncoder(nn.Module, Scorer):
             return logits[:, 1] - logits[:, 0]
         raise ValueError(f"a cross-encoder needs 1 or 2 labels, this one has {logits.shape[-1]}")
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score_pairs(self, queries: list[str], docs: list[str]) -> list[float]:
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         feats = {k: v.to(device) for k, v in self.tokenize(queries, docs).items()}
+        scores = self(**feats).float().cpu().tolist()
+        self.train(was_training)
+        return scores
+
+    def tokenize_pairs(self, queries: list[str], docs: list[str]) -> list[dict[str, list[int]]]:
+        """Each pair's token ids (and token types), unpadded, truncated longest-first to ``max_length``."""
+        enc = self.tokenizer(list(queries), list(docs), truncation="longest_first", max_length=self.max_length,
+                             padding=False, return_attention_mask=False)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(queries))]
+
+    def pad_features(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad one batch of :meth:`tokenize_pairs` features to its own longest pair."""
+        lengths = [len(f["input_ids"]) for f in features]
+        width = max(lengths)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        out = {"input_ids": torch.full((len(features), width), pad_id, dtype=torch.long)}
+        if "token_type_ids" in features[0]:
+            out["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for r, (f, n) in enumerate(zip(features, lengths)):
+            cols = slice(width - n, width) if left else slice(0, n)
+            for k in out:
+                out[k][r, cols] = torch.tensor(f[k], dtype=torch.long)
+            mask[r, cols] = 1
+        if min(lengths) < width:  # no padding at all: no mask, the attention kernels take their fast path
+            out["attention_mask"] = mask
+        return out
+
+    @torch.inference_mode()
+    def score_tokenized(self, features: list[dict[str, list[int]]]) -> list[float]:
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        feats = {k: v.to(device) for k, v in self.pad_features(features).items()}
         scores = self(**feats).float().cpu().tolist()
         self.train(was_training)
         return scores

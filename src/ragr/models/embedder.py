@@ -115,6 +115,11 @@ class Embedder(nn.Module):
         max_doc_length: int = 256,
         query_prompt: str = "",
         doc_prompt: str = "",
+        padding_side: Literal["left", "right"] | None = None,
+        lora_r: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] | None = None,
         dtype: torch.dtype | None = None,
         key: str = "model.name_or_path",
     ) -> Embedder:
@@ -122,6 +127,13 @@ class Embedder(nn.Module):
 
         What the model folder says about pooling, Dense and normalization wins over the arguments,
         so a saved model reloads exactly; arguments fill in what the folder does not say.
+
+        LLM embedders: a decoder checkpoint loads as its base model (``AutoModel``); use
+        ``pooling="last"`` (the last real token, for either padding side) and ``padding_side`` to
+        pad on the left as decoder embedders usually do (None keeps the tokenizer's). ``lora_r > 0``
+        wraps the backbone in peft LoRA (``lora_target_modules`` None: every linear layer); the
+        LoRA weights are merged into the backbone on :meth:`save`, so the saved folder stays a plain
+        sentence-transformers model.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -140,6 +152,14 @@ class Embedder(nn.Module):
             dense = nn.Linear(hidden, dense_dim)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if padding_side is not None:
+            tokenizer.padding_side = padding_side
+        if lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            backbone = get_peft_model(backbone, LoraConfig(
+                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                target_modules=lora_target_modules or "all-linear", task_type="FEATURE_EXTRACTION"))
         return cls(
             backbone,
             tokenizer,
@@ -219,6 +239,8 @@ class Embedder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.backbone, "merge_and_unload"):  # LoRA: merge, so the folder is a plain model
+            self.backbone = self.backbone.merge_and_unload()
         self.backbone.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         hidden = self.backbone.config.hidden_size

@@ -27,6 +27,12 @@ ALIASES.update({
     "ms-marco-MiniLM-L6-v2": "cross-encoder/ms-marco-MiniLM-L6-v2",
     "qwen2.5-1.5b-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
 })
+# Embedders for distillation (issue 5): LLM embedders and the Stella/Jasper stage-3 teachers.
+ALIASES.update({
+    "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B",
+    "conan-embedding-v1": "TencentBAC/Conan-embedding-v1",
+    "xiaobu-embedding-v2": "lier007/xiaobu-embedding-v2",
+})
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -63,6 +63,10 @@ class Engine:
         # DDP: backbones carry weights the loss never uses (BERT's pooler under mean pooling)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.accelerator = Accelerator(mixed_precision=_precision(self.t["precision"]), kwargs_handlers=[ddp])
+        if self._deepspeed() and self._sharded():
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # ZeRO-3: build models whole (transformers would partition them); prepare() shards
         self.console = Console(quiet=quiet or not self.accelerator.is_main_process)
         self.tb = None
 
@@ -175,6 +179,42 @@ class Engine:
         self._log({"step": step, "event": f"eval_{tag}", **{f"eval/{k}": v for k, v in metrics.items()}})
         return metrics
 
+    # ---- evaluation during training (trainer.eval_every) and the best model -------------------------
+    def _keep_best(self, model, metrics: dict[str, float] | None, step: int) -> None:
+        """Main process: save ``model`` to ``run_dir/best/`` when ``metrics`` beat the best so far.
+
+        ``run_dir/best/`` is a saved model (same layout as ``model/``) plus ``best.json`` (step, metric,
+        value, all metrics); it lives outside ``checkpoints/``, so rotation never removes it.
+        """
+        if not metrics or not self.t.get("eval_every") or not self.accelerator.is_main_process:
+            return
+        from ragr.errors import did_you_mean
+
+        name = self.t.get("best_metric") or "ndcg@10"
+        if name not in metrics:
+            names = [k for k in metrics if not k.startswith("num_")]
+            raise UserError(f"trainer.best_metric={name} is not a dev metric{did_you_mean(name, names)}; "
+                            f"choices: {', '.join(names)}")
+        value = float(metrics[name])
+        if self.best is not None and value <= self.best["value"]:
+            return
+        tmp = self.run_dir / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.task.save(self.accelerator.unwrap_model(model), tmp)
+        record = {"step": step, "metric": name, "value": value, "metrics": metrics}
+        (tmp / "best.json").write_text(json.dumps(record, indent=2))
+        replace_dir(tmp, self.run_dir / "best")
+        self.best = record
+        self._log({"step": step, "event": "best", "metric": name, "value": value})
+
+    def _periodic_eval(self, model, rows, step: int) -> None:
+        """``trainer.eval_every``: evaluate on the dev data (gathering a sharded model first), keep the best."""
+        whole = self._full_model(model) if self._sharded() else model  # collective under ZeRO-3 / FSDP
+        metrics = self._evaluate(whole, rows, "step", step)  # main process only
+        self._keep_best(whole, metrics, step)
+        self.accelerator.wait_for_everyone()
+        model.train()
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         try:
@@ -212,6 +252,10 @@ class Engine:
                 raise UserError(f"trainer.gradient_checkpointing: {type(backbone).__name__} does not support it")
         loss_fn = self.task.build_loss()
         eval_rows = self.task.eval_rows()
+        if t.get("eval_every") and eval_rows is None:
+            raise UserError("trainer.eval_every needs dev data: set data.eval=path/to/dev.jsonl")
+        best_file = self.run_dir / "best" / "best.json"
+        self.best = json.loads(best_file.read_text()) if resume_from is not None and best_file.is_file() else None
         spe, total = self._schedule(len(dataset))
         results: dict[str, Any] = {"run_dir": str(self.run_dir)}
         sharded, deepspeed = self._sharded(), self._deepspeed()
@@ -219,6 +263,7 @@ class Engine:
             if acc.is_main_process:
                 model.to(acc.device)
             results["before"] = self._evaluate(model, eval_rows, "before", 0)
+            self._keep_best(model, results["before"], 0)
             acc.wait_for_everyone()
         if deepspeed:  # no dataloader goes through prepare(): tell DeepSpeed the per-rank batch
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t["batch_size"]
@@ -237,6 +282,7 @@ class Engine:
 
         if t.get("eval_before") and start == 0 and not sharded:
             results["before"] = self._evaluate(model, eval_rows, "before", 0)
+            self._keep_best(model, results["before"], 0)
 
         unwrapped = acc.unwrap_model(model)
         model.train()
@@ -278,18 +324,24 @@ class Engine:
                 if t["save_every"] and done % t["save_every"] == 0 and done != total:
                     self._save_checkpoint(done, epoch)
                     last_saved = done
+                if t.get("eval_every") and done % t["eval_every"] == 0 and not (done == total and t.get("eval_after")):
+                    self._periodic_eval(model, eval_rows, done)
         if total > last_saved:
             self._save_checkpoint(total, (total - 1) // spe if total else 0)
 
         final = self._full_model(model)  # collective under ZeRO-3 / FSDP; None off the main process
         if t.get("eval_after"):
             results["after"] = self._evaluate(final if sharded else model, eval_rows, "after", total)
+            self._keep_best(final if sharded else model, results["after"], total)
         if acc.is_main_process:
             tmp = self.run_dir / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             self.task.save(final, tmp)
             replace_dir(tmp, self.run_dir / "model")
             evals = {k: results[k] for k in ("before", "after") if results.get(k)}
+            if self.best is not None:
+                results["best"] = self.best
+                evals["best"] = {"step": self.best["step"], **self.best["metrics"]}
             if evals:
                 atomic_write_text(self.run_dir / "eval.json", json.dumps(evals, indent=2))
         acc.wait_for_everyone()

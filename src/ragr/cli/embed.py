@@ -1,0 +1,35 @@
+"""``ragr embed``: teacher vectors for Stella/Jasper stage 3 — a text JSONL into a float32 .npy."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ragr.cli.common import handle_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def embed(
+        model: list[str] = typer.Option(..., "--model", "-m", help="Embedder (folder, alias or hub id); repeat for several teachers."),
+        input: str = typer.Option(..., "--input", "-i", help='Text JSONL: one {"text": ...} per line (optional "prompt" / "teacher_prompt").'),
+        output: str = typer.Option(..., "--output", "-o", help="The .npy to write: float32 [lines, sum of model widths]."),
+        batch_size: int = typer.Option(64, "--batch-size", help="Texts per forward pass."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate texts to this many tokens (default: the model's)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    ) -> None:
+        """Embed every line of a text JSONL with one or more embedders into a float32 .npy.
+
+        Each model's vectors are L2-normalized, then concatenated in the order of --model (row i <-> line i).
+        Provenance goes to OUTPUT with a .json suffix. Example:
+        ragr embed --model TencentBAC/Conan-embedding-v1 --model lier007/xiaobu-embedding-v2 --input texts.jsonl --output teacher.npy
+        """
+        from ragr.infer.vectors import embed_file
+        from ragr.ui import Console
+
+        console = Console(quiet=quiet)
+        meta = embed_file(model, input, output, batch_size=batch_size, dtype=dtype, max_length=max_length, console=console)
+        console.print(f"wrote {meta['rows']} x {meta['dim']} float32 vectors ({' + '.join(map(str, meta['dims']))}) to [bold]{output}[/]")

@@ -1,0 +1,235 @@
+"""Dynamic batching: concurrent requests share forward passes, run off the event loop.
+
+Each served model has one :class:`BatchQueue` and one worker thread. A request submits a job: its
+(query, document) pairs to score, or its texts to embed, with each item's token count. The worker
+repeatedly takes pending items of one kind in arrival order, across requests, up to
+``max_batch_tokens`` tokens; sorts them by length; and runs them in forward passes whose padded size
+(items x longest item) stays within the same budget (an item longer than the budget runs alone).
+Pairs are scored by :meth:`ragr.infer.Reranker.score`, texts embedded by
+:meth:`ragr.models.embedder.Embedder.encode`: the code paths of ``ragr rerank`` and ``ragr eval``.
+
+A job whose client went away is cancelled: it leaves the queue at once and its items that are not
+already in a forward pass are never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any
+
+#: Job kinds: score (query, document) pairs, or embed texts as queries / as documents.
+RERANK, QUERY, DOCUMENT = "rerank", "query", "document"
+
+
+class ShuttingDown(RuntimeError):
+    """The queue stopped before the job was done."""
+
+
+class Job:
+    """One request's items, filled in by the worker; its future resolves with all results in order."""
+
+    __slots__ = ("kind", "items", "costs", "results", "taken", "done", "cancelled", "finished", "loop", "future")
+
+    def __init__(self, kind: str, items: list[Any], costs: list[int], loop: asyncio.AbstractEventLoop) -> None:
+        self.kind, self.items, self.costs, self.loop = kind, items, costs, loop
+        self.results: list[Any] = [None] * len(items)
+        self.taken = 0  # items handed to the worker so far
+        self.done = 0  # items computed so far
+        self.cancelled = False
+        self.finished = False
+        self.future: asyncio.Future = loop.create_future()
+
+
+def _set_result(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class BatchQueue:
+    """The request queue and worker thread of one served model.
+
+    Args:
+        model: a :class:`ragr.serve.models.ServedModel`.
+        max_batch_tokens: token budget of one step and of one forward pass (padded).
+    """
+
+    def __init__(self, model: Any, max_batch_tokens: int = 16384) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self.model = model
+        self.max_batch_tokens = max_batch_tokens
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._open = threading.Event()  # cleared: paused (tests hold the worker to fill the queue)
+        self._open.set()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"requests": 0, "cancelled": 0, "batches": 0, "items": 0, "max_requests_per_batch": 0}
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._run, name=f"ragr-serve-{self.model.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its current forward pass; jobs still queued fail with ShuttingDown."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._open.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def pause(self) -> None:
+        """Hold the worker before its next step (requests keep queueing); for tests and maintenance."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Jobs with items not yet handed to the worker."""
+        with self._cond:
+            return len(self._jobs)
+
+    # ---- requests -------------------------------------------------------------------------------
+    async def submit(self, kind: str, items: list[Any], costs: list[int]) -> list[Any]:
+        """Queue ``items`` (with their token ``costs``) and wait for their results, in order.
+
+        Cancelling the awaiting task cancels the job (see :meth:`cancel`).
+        """
+        if len(items) != len(costs):
+            raise ValueError("items and costs differ in length")
+        if not items:
+            return []
+        job = Job(kind, list(items), [max(1, int(c)) for c in costs], asyncio.get_running_loop())
+        with self._cond:
+            if self._stop:
+                raise ShuttingDown("the server is shutting down")
+            self._jobs.append(job)
+            self.stats["requests"] += 1
+            self._cond.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self.cancel(job)
+            raise
+
+    def cancel(self, job: Job) -> None:
+        """Drop ``job``: out of the queue now, and none of its remaining items will be computed."""
+        with self._cond:
+            if job.finished or job.cancelled:
+                return
+            job.cancelled = True
+            self.stats["cancelled"] += 1
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                pass
+
+    # ---- worker -----------------------------------------------------------------------------------
+    def _take(self) -> list[tuple[Job, int]]:
+        """Items of the oldest job's kind, in arrival order, up to the token budget (lock held)."""
+        kind = self._jobs[0].kind
+        taken: list[tuple[Job, int]] = []
+        tokens = 0
+        for job in list(self._jobs):
+            if job.kind != kind:
+                continue
+            while job.taken < len(job.items):
+                cost = job.costs[job.taken]
+                if taken and tokens + cost > self.max_batch_tokens:
+                    return taken
+                taken.append((job, job.taken))
+                job.taken += 1
+                tokens += cost
+            self._jobs.remove(job)
+        return taken
+
+    def _forward_batches(self, step: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
+        """Length-sorted (longest first) forward passes of at most ``max_batch_tokens`` padded tokens."""
+        step = sorted(step, key=lambda ji: ji[0].costs[ji[1]], reverse=True)
+        batches: list[list[tuple[Job, int]]] = []
+        for ji in step:
+            if batches and (len(batches[-1]) + 1) * batches[-1][0][0].costs[batches[-1][0][1]] <= self.max_batch_tokens:
+                batches[-1].append(ji)
+            else:
+                batches.append([ji])
+        return batches
+
+    def _compute(self, kind: str, items: list[Any]) -> list[Any]:
+        if kind == RERANK:
+            return self.model.reranker.score(items)
+        vectors = self.model.embedder.encode(items, is_query=kind == QUERY, batch_size=len(items))
+        return list(vectors.numpy())
+
+    def _run(self) -> None:
+        while True:
+            self._open.wait()
+            with self._cond:
+                while not self._jobs and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    break
+                if not self._open.is_set():
+                    continue
+                step = self._take()
+            self._run_step(step)
+        with self._cond:
+            left, self._jobs = list(self._jobs), deque()
+        for job in left:
+            self._fail(job, ShuttingDown("the server is shutting down"))
+
+    def _run_step(self, step: list[tuple[Job, int]]) -> None:
+        for batch in self._forward_batches(step):
+            live = [(job, i) for job, i in batch if not (job.cancelled or job.finished)]
+            if not live:
+                continue
+            try:
+                values = self._compute(live[0][0].kind, [job.items[i] for job, i in live])
+            except Exception as exc:  # noqa: BLE001 - the requests get the error, the worker goes on
+                for job in {id(j): j for j, _ in live}.values():
+                    self._fail(job, exc)
+                continue
+            with self._cond:
+                self.stats["batches"] += 1
+                self.stats["items"] += len(live)
+                n_jobs = len({id(j) for j, _ in live})
+                self.stats["max_requests_per_batch"] = max(self.stats["max_requests_per_batch"], n_jobs)
+            for (job, i), value in zip(live, values):
+                job.results[i] = value
+                job.done += 1
+                if job.done == len(job.items) and not job.cancelled:
+                    job.finished = True
+                    self._call(job, _set_result, job.results)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        with self._cond:
+            if job.finished:
+                return
+            job.finished = True
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                pass
+        self._call(job, _set_exception, exc)
+
+    @staticmethod
+    def _call(job: Job, fn: Any, value: Any) -> None:
+        try:
+            job.loop.call_soon_threadsafe(fn, job.future, value)
+        except RuntimeError:  # the event loop is closed: nobody is waiting any more
+            pass
