@@ -31,7 +31,7 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 1
+    epochs: int = 2
     max_steps: Optional[int] = None
     batch_size: int = 32
     grad_accum: int = 1

@@ -19,7 +19,7 @@ class InfoNCE(nn.Module):
     the batch is a candidate for every query, otherwise only the query's own group.
 
     Args:
-        temperature: softmax temperature tau (RAG-Retrieval's default 0.02).
+        temperature: softmax temperature tau (0.05 = sentence-transformers scale 20; RAG-Retrieval used 0.02).
         in_batch_negatives: use the other queries' documents as extra negatives.
         gather_across_ranks: in a multi-process run, every rank's documents are candidates for every
             query (all_gather with gradients to each rank's encoder; the target column of query ``i`` on
@@ -42,7 +42,7 @@ class InfoNCE(nn.Module):
         van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018.
     """
 
-    def __init__(self, temperature: float = 0.02, in_batch_negatives: bool = True,
+    def __init__(self, temperature: float = 0.05, in_batch_negatives: bool = True,
                  gather_across_ranks: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
