@@ -29,7 +29,10 @@ def test_two_ranks_with_gathered_negatives_train_like_one_process(tiny_bert_nodr
               "loss.gather_across_ranks=true"]
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     ragr_train(*common, "launcher=ddp", "launcher.num_processes=2", "trainer.batch_size=2", f"output_dir={ddp}")
-    ragr_train(*common, "trainer.batch_size=4", f"output_dir={one}")
+    from ragr.config import compose_config
+    from ragr.launch.local import run_local
+
+    run_local(compose_config("train", [*common, "trainer.batch_size=4", f"output_dir={one}"]), quiet=True)
 
     assert_same_weights(weights(ddp), weights(one), atol=2e-5)
     start = load_file(str(Path(tiny_bert_nodropout) / "model.safetensors"))
@@ -74,6 +77,7 @@ def test_resumed_ddp_run_reaches_the_same_weights(tiny_bert, data_dir, tmp_path,
     assert manifest["resumed_from"].endswith("step-2")
 
 
+@pytest.mark.slow
 def test_a_rank_user_error_is_one_line_and_exit_2(tiny_bert, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "pos": ["p"]}\n{"query": 3}\n')

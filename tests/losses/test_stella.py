@@ -154,3 +154,13 @@ def test_memory_stays_o_b2_never_o_b4():
 def test_upper_pairs_is_row_major():
     sim = torch.arange(16.0).view(4, 4)
     assert upper_pairs(sim).tolist() == [1.0, 2.0, 3.0, 6.0, 7.0, 11.0]
+
+
+def test_autocast_does_not_round_the_similarities(batch):
+    student, teacher = batch
+    s, t = torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32)
+    want = np_stella(student, teacher, [12])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = StellaLoss()(s, t)
+    assert float(got["hinge"]) == pytest.approx(want["hinge"], rel=1e-4)
+    assert float(got["similarity"]) == pytest.approx(want["similarity"], rel=1e-4)

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ragr.cli.main import app
@@ -69,9 +70,12 @@ def test_cli_wires_models_settings_and_loopback(model_dirs, monkeypatch):
         seen.update(app=self.config.app, address=sockets[0].getsockname())
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     res = runner.invoke(app, ["serve", "--model", f"rr={model_dirs['ce']}", "--model", str(model_dirs["emb"]),
-                              "--port", "0", "--api-key", "k", "--max-documents", "7", "--long-doc", "max-chunk"])
+                              "--port", "0", "--api-key", "k", "--max-documents", "7", "--long-doc", "max-chunk",
+                              "--threads", "3"])
     assert res.exit_code == 0, res.output
+    assert seen["threads"] == 3
     assert seen["address"][0] == "127.0.0.1"  # loopback unless told otherwise
     state = seen["app"].state
     assert list(state.models) == ["rr", "emb"]

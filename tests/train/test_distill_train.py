@@ -190,12 +190,6 @@ def test_data_errors_are_one_line(tiny_bert, tmp_path):
     assert res.exit_code == 2 and f"{pairs}:1:" in res.stderr and "teacher=data needs a score" in res.stderr
 
 
-@pytest.fixture
-def texts_and_vectors(tmp_path, tiny_bert):
-    """12 texts and their 64-d teacher vectors from two tiny 32-d embedders (via ragr embed)."""
-    from tests_embed_helpers import make_embedders  # noqa: F401  (replaced below)
-
-
 def _two_tiny_embedders(tmp_path: Path) -> list[str]:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -211,12 +205,6 @@ def _two_tiny_embedders(tmp_path: Path) -> list[str]:
         Embedder(BertModel(cfg), tok, pooling=pooling).save(path)
         out.append(str(path))
     return out
-
-
-def test_stella_stage3_from_teacher_vectors(tiny_bert, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
-    from tests_conftest_free import QA_TEXTS  # noqa: F401  (replaced below)
 
 
 TEXTS = ["how do I reset my password?", "Open settings, choose security, and click reset password.",
@@ -261,3 +249,43 @@ def test_stella_rows_must_match(tiny_bert, tmp_path):
                   f"student.name_or_path={tiny_bert}", "loss=stella", f"data.train={texts}", "data.eval=null",
                   f"output_dir={tmp_path / 'o'}")
     assert res.exit_code == 2 and "has 5 rows" in res.stderr and "12 texts" in res.stderr
+
+
+def test_generative_llm_teacher_scores_p_yes_with_one_forward_pass_per_batch(tiny_llama, tiny_bert, data_dir, tmp_path,
+                                                                            monkeypatch):
+    """teacher=qwen-reranker on a tiny Llama: no generation, one decoder forward per batch of pairs, and the cached
+    probability equals softmax over the full vocabulary at the last position, renormalized over {yes, no}."""
+    from transformers import GenerationMixin, LlamaForCausalLM, LlamaModel
+
+    from ragr.models.llm_reranker import LLMYesReranker
+
+    def no_generate(*a, **k):
+        raise AssertionError("the teacher must not generate")
+
+    monkeypatch.setattr(GenerationMixin, "generate", no_generate)
+    calls = []
+    real_forward = LlamaModel.forward
+    monkeypatch.setattr(LlamaModel, "forward", lambda self, *a, **k: calls.append(1) or real_forward(self, *a, **k))
+    run = tmp_path / "run"
+    res = distill("teacher=qwen-reranker", f"teacher.name_or_path={tiny_llama}", "teacher.max_length=256",
+                  "distill.teacher_batch_size=32", "student.max_length=32", "trainer.eval_before=false",
+                  "trainer.eval_after=false", *common(tiny_bert, data_dir, run))
+    assert res.exit_code == 0, res.output
+    n_pairs = 24 * 4
+    assert len(calls) == -(-n_pairs // 32)
+    (entry,) = [p for p in (run / "teacher_scores").iterdir() if not p.name.startswith(".")]
+    prob = np.load(entry / "prob.npy")
+    # independent: the causal LM's own head over the whole vocabulary, for the first pair of the file
+    monkeypatch.setattr(LlamaModel, "forward", real_forward)
+    from ragr.config import compose_config
+
+    prompt = compose_config("distill", ["teacher=qwen-reranker"])["teacher"]["prompt"]
+    scorer = LLMYesReranker.from_pretrained(tiny_llama, prompt=prompt, max_length=256)
+    row = json.loads((data_dir / "train.jsonl").read_text().splitlines()[0])
+    ids = torch.tensor([scorer.encode_pair(row["query"], row["pos"][0])])
+    lm = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        p = torch.softmax(lm(input_ids=ids).logits[0, -1].double(), -1)
+    yes, no = scorer.yes_id, scorer.no_id
+    assert prob[0] == pytest.approx(float(p[yes] / (p[yes] + p[no])), abs=1e-5)
+    assert json.loads((entry / "meta.json").read_text())["family"] == "llm_yes"

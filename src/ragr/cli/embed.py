@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def embed(
         model: list[str] = typer.Option(..., "--model", "-m", help="Embedder (folder, alias or hub id); repeat for several teachers."),
         input: str = typer.Option(..., "--input", "-i", help='Text JSONL: one {"text": ...} per line (optional "prompt" / "teacher_prompt").'),
-        output: str = typer.Option(..., "--output", "-o", help="The .npy to write: float32 [lines, sum of model widths]."),
+        output: str = typer.Option(..., "--output", "-o", help="The .npy to write: float32, one row per line, as wide as the models together."),
         batch_size: int = typer.Option(64, "--batch-size", help="Texts per forward pass."),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate texts to this many tokens (default: the model's)."),

@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         max_documents: int = typer.Option(1000, "--max-documents", min=1, help="Most documents (or embedding inputs) in one request."),
         max_text_length: int = typer.Option(100_000, "--max-text-length", min=1, help="Most characters in one query, document or input."),
         max_request_bytes: int = typer.Option(8 * 1024 * 1024, "--max-request-bytes", min=1, help="Largest request body in bytes."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per forward pass (torch.set_num_threads; default: torch's choice). 1 helps on a busy machine."),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info (one line per request), debug."),
     ) -> None:
         """Serve rerankers and embedders over HTTP: Cohere /v2/rerank and /v1/rerank, TEI/Jina /rerank,
@@ -79,6 +80,10 @@ def register(app: typer.Typer) -> None:
         settings = ServeSettings(api_key=api_key, max_batch_tokens=max_batch_tokens, max_documents=max_documents,
                                  max_text_length=max_text_length, max_request_bytes=max_request_bytes)
         specs = parse_specs(model)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         sock = bind(host, port)  # before the (slow) model loads: a taken port fails at once
         try:
             models = [load_model(name, source, device=device, dtype=dtype, max_length=max_length, long_doc=long_doc,

@@ -54,7 +54,8 @@ def check_launcher(launcher: dict[str, Any], cuda: bool, gpus: int) -> None:
     if not 0 <= rank < machines:
         raise UserError(f"launcher.machine_rank={rank} must be in 0..{machines - 1}")
     if machines > 1 and not launcher.get("main_process_ip"):
-        raise UserError("launcher.main_process_ip (the address of machine 0) is required with launcher.num_machines > 1")
+        raise UserError("launcher.main_process_ip (the address of machine 0) is required "
+                        "with launcher.num_machines > 1")
     stage = ZERO_STAGES.get(name)
     if stage is not None and launcher.get("zero_stage") not in (None, stage):
         raise UserError(f"launcher={name} is ZeRO stage {stage}; launcher.zero_stage={launcher['zero_stage']} "
@@ -63,7 +64,8 @@ def check_launcher(launcher: dict[str, Any], cuda: bool, gpus: int) -> None:
         raise UserError(f"launcher.offload_params needs ZeRO stage 3 (launcher=deepspeed-zero3), not {name}")
     if name == "fsdp" and launcher.get("offload_params") == "nvme":
         raise UserError("launcher=fsdp offloads parameters to cpu only (launcher.offload_params=cpu)")
-    if name == "ddp" and (launcher.get("offload_params", "none") != "none" or launcher.get("offload_optimizer", "none") != "none"):
+    offloads = (launcher.get("offload_params", "none"), launcher.get("offload_optimizer", "none"))
+    if name == "ddp" and offloads != ("none", "none"):
         raise UserError("launcher=ddp does not offload; use launcher=deepspeed-zero2/3 or fsdp")
     if "nvme" in (launcher.get("offload_params"), launcher.get("offload_optimizer")) and not launcher.get("nvme_path"):
         raise UserError("offloading to nvme needs launcher.nvme_path")
@@ -78,7 +80,8 @@ def check_launcher(launcher: dict[str, Any], cuda: bool, gpus: int) -> None:
                         "on CPUs use launcher=ddp")
     if stage is not None and n > 1:
         raise UserError(f"launcher={name} needs CUDA GPUs for more than one process (accelerate does not run "
-                        "DeepSpeed ranks on CPUs); on CPUs use launcher=ddp, or launcher.num_processes=1 to try the config")
+                        "DeepSpeed ranks on CPUs); on CPUs use launcher=ddp, "
+                        "or launcher.num_processes=1 to try the config")
 
 
 def _failure_message(launch_dir: Path) -> str | None:
@@ -86,18 +89,16 @@ def _failure_message(launch_dir: Path) -> str | None:
     return errors[0].read_text() if errors else None
 
 
-def _torchrun(launcher: dict[str, Any], worker_args: list[str], ip: str, port: int, launch_dir: Path, cuda: bool) -> None:
+def _torchrun(launcher: dict[str, Any], worker_args: list[str], ip: str, port: int, launch_dir: Path,
+              cuda: bool) -> None:
     """Start this machine's ranks with torchrun's API (no shell): ``torch.distributed.run``."""
     from accelerate.utils import patch_environment
     from torch.distributed import run as torchrun
 
-    argv = ["--nnodes", str(launcher["num_machines"]),
-            "--nproc-per-node", str(launcher["num_processes"] // launcher["num_machines"]),
-            "--node-rank", str(launcher["machine_rank"]),
-            "--master-addr", ip, "--master-port", str(port),
-            "--log-dir", str(launch_dir / "torchrun"),
-            "--module", WORKER, *worker_args]
     per_node = launcher["num_processes"] // launcher["num_machines"]
+    argv = ["--nnodes", str(launcher["num_machines"]), "--nproc-per-node", str(per_node),
+            "--node-rank", str(launcher["machine_rank"]), "--master-addr", ip, "--master-port", str(port),
+            "--log-dir", str(launch_dir / "torchrun"), "--module", WORKER, *worker_args]
     env = {} if cuda else {"ACCELERATE_USE_CPU": "true"}  # CPU ranks: accelerate makes them MULTI_CPU (gloo)
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores (torchrun would set 1 and print a banner)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_node))
@@ -173,7 +174,8 @@ def run_distributed(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any] 
         from accelerate.utils import is_deepspeed_available
 
         if not is_deepspeed_available():
-            raise UserError(f"launcher={launcher['name']} needs DeepSpeed: pip install 'ragr[deepspeed]'")
+            raise UserError(f"launcher={launcher['name']} needs DeepSpeed: pip install deepspeed "
+                            "(or the ragr extra named deepspeed)")
     config_file, acc_file, ip, port = write_run_files(cfg, cuda)
 
     launch_dir = Path(tempfile.mkdtemp(prefix=".launch-", dir=config_file.parent))

@@ -53,9 +53,9 @@ def layer_classes_for_model(model_cfg: dict[str, Any]) -> list[str]:
             skeleton = AutoModel.from_config(config)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot build {path} to find its layer class for FSDP ({exc}); "
-                        "set launcher.layer_cls=<LayerClassName>") from None
+                        "name the layer classes in launcher.layer_cls (a list of class names)") from None
     names = transformer_layer_classes(skeleton)
     if not names:
         raise UserError(f"found no repeated transformer layer in {type(skeleton).__name__}; "
-                        "set launcher.layer_cls=<LayerClassName> for FSDP")
+                        "name the layer classes for FSDP in launcher.layer_cls (a list of class names)")
     return names

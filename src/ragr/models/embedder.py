@@ -131,9 +131,9 @@ class Embedder(nn.Module):
         LLM embedders: a decoder checkpoint loads as its base model (``AutoModel``); use
         ``pooling="last"`` (the last real token, for either padding side) and ``padding_side`` to
         pad on the left as decoder embedders usually do (None keeps the tokenizer's). ``lora_r > 0``
-        wraps the backbone in peft LoRA (``lora_target_modules`` None: every linear layer); the
-        LoRA weights are merged into the backbone on :meth:`save`, so the saved folder stays a plain
-        sentence-transformers model.
+        wraps the backbone in peft LoRA (``lora_target_modules`` None: every linear layer); :meth:`save`
+        writes the weights with LoRA merged in (the live model keeps its adapters), so the saved folder
+        stays a plain sentence-transformers model.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -150,6 +150,8 @@ class Embedder(nn.Module):
             dense = _load_dense(Path(st["dense_dir"]))
         elif dense_dim:
             dense = nn.Linear(hidden, dense_dim)
+        if dense is not None and dtype is not None:
+            dense = dense.to(dtype)  # the head computes in the backbone's dtype
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if padding_side is not None:
@@ -239,9 +241,10 @@ class Embedder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.backbone, "merge_and_unload"):  # LoRA: merge, so the folder is a plain model
-            self.backbone = self.backbone.merge_and_unload()
-        self.backbone.save_pretrained(path)
+        if hasattr(self.backbone, "get_base_model"):  # LoRA: save merged weights, so the folder is a plain model
+            self.backbone.get_base_model().save_pretrained(path, state_dict=_merged_lora_state(self.backbone))
+        else:
+            self.backbone.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         hidden = self.backbone.config.hidden_size
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
@@ -275,6 +278,23 @@ class Embedder(nn.Module):
             indent=2,
         ))
         (path / "ragr.json").write_text(json.dumps({"family": self.family}, indent=2))
+
+
+def _merged_lora_state(peft_model) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every LoRA delta added to its weight (plain key names), leaving the
+    live model untouched: saving mid-training (the best checkpoint) must not end LoRA training."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    state = dict(base.state_dict())
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer) and f"{name}.base_layer.weight" in state:
+                key = f"{name}.base_layer.weight"
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A and adapter not in getattr(module, "merged_adapters", []):
+                        state[key] = state[key] + module.get_delta_weight(adapter).to(state[key].dtype)
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
 
 
 def _load_dense(path: Path) -> nn.Linear:

@@ -63,6 +63,10 @@ def validate_distill(cfg: dict[str, Any]) -> None:
             raise UserError("teacher=vectors needs teacher.name_or_path=VECTORS.npy (written by `ragr embed`)")
     else:
         check_model_config(teacher, "teacher")
+        if not teacher.get("name_or_path"):
+            raise UserError(f"teacher={teacher.get('preset')} needs the model: add teacher.name_or_path=DIR (a folder, alias or hub id)")
+    if not student.get("name_or_path"):
+        raise UserError("student.name_or_path is not set (a folder, alias or hub id)")
     launchers.get(cfg["launcher"]["name"])
     check_loss_config(cfg["loss"], "loss")
     loss = cfg["loss"]["name"]
@@ -674,18 +678,14 @@ class VectorDistillTask(_DistillBase):
         self.texts_index = None
 
     def build_dataset(self):
-        from ragr.data.jsonl import JsonlIndex, require_str
+        from ragr.data.jsonl import JsonlIndex
+        from ragr.infer.vectors import text_checker
 
         data = self.cfg["data"]
         if not data.get("train"):
             raise UserError("data.train is not set (pass data.train=TEXTS.jsonl, one {\"text\": ...} per line)")
         path = str(data["train"])
-
-        def check(obj: dict, lineno: int) -> None:
-            require_str(obj, "text" if "text" in obj or "query" not in obj else "query", path, lineno)
-            require_str(obj, "prompt", path, lineno, optional=True)
-
-        self.texts_index = JsonlIndex.build(path, check)
+        self.texts_index = JsonlIndex.build(path, text_checker(path))
         self.vectors = open_vectors(self.cfg["teacher"]["name_or_path"], len(self.texts_index), path)
         add_to_manifest(self.run_dir, "teacher", {"source": "vectors", "file": str(self.cfg["teacher"]["name_or_path"]),
                                                    "shape": list(self.vectors.shape), **_sidecar(self.cfg["teacher"]["name_or_path"])})
@@ -720,7 +720,7 @@ class VectorDistillTask(_DistillBase):
     def eval_rows(self):
         k = min(self.cfg["distill"]["agreement_queries"], len(self.texts_index))
         sample = [VectorDataset.text_of(self.texts_index[i]) for i in range(k)]
-        return {"eval": self._eval_file_rows(), "agreement": (sample, np.asarray(self.vectors[:k], dtype=np.float32))}
+        return {"eval": self._eval_file_rows(), "agreement": (sample, np.array(self.vectors[:k], dtype=np.float32))}
 
     def count_eval_items(self, rows) -> int:
         return self._count_eval(rows["eval"]) + len(rows["agreement"][0])

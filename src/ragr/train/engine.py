@@ -66,7 +66,7 @@ class Engine:
         if self._deepspeed() and self._sharded():
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-            unset_hf_deepspeed_config()  # ZeRO-3: build models whole (transformers would partition them); prepare() shards
+            unset_hf_deepspeed_config()  # ZeRO-3: build models whole (not partitioned at load); prepare() shards
         self.console = Console(quiet=quiet or not self.accelerator.is_main_process)
         self.tb = None
 
