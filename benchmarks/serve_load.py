@@ -7,7 +7,7 @@ the bundled demo dev set. Each phase stops after --requests requests or --max-se
 first; nothing leaves the machine. Prints a markdown table for docs/BENCHMARKS.md; asserts nothing.
 
 Usage: python benchmarks/serve_load.py [--model minilm] [--requests 200] [--concurrency 16] [--docs 10]
-       [--max-seconds 60] [--max-batch-tokens 16384] [--threads N] [--endpoints rerank,embeddings]
+       [--max-seconds 60] [--max-batch-tokens 16384] [--batch-size 32] [--threads N] [--endpoints rerank,embeddings]
 The default model is the bundled all-MiniLM-L6-v2 (an embedder: /v2/rerank scores by cosine, and it serves
 /v1/embeddings); pass a cross-encoder folder to measure a reranker.
 """
@@ -49,6 +49,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
            "--max-batch-tokens", str(args.max_batch_tokens), "--log-level", "warning"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: queue.Queue = queue.Queue()
 
@@ -125,6 +127,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=10, help="documents (or inputs) per request")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="time cap of each phase")
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--batch-size", type=int, default=None, help="ragr serve --batch-size (default: 32)")
     ap.add_argument("--threads", type=int, default=None, help="ragr serve --threads (default: torch's choice)")
     ap.add_argument("--endpoints", default="rerank,embeddings", help="comma-separated: rerank, embeddings")
     args, _ = ap.parse_known_args()  # benchmarks/run.py passes its own argv to every script
@@ -148,7 +151,7 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n`ragr serve --model {args.model}` ({cards[0]['family']}), {args.docs} documents per request, "
-          f"max-batch-tokens {args.max_batch_tokens}; {platform.processor() or platform.machine()}, "
+          f"max-batch-tokens {args.max_batch_tokens}, batch-size {args.batch_size or 32}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at the end; server threads {args.threads or 'default'}\n")
     print("| endpoint | clients | requests | req/s | docs/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|")

@@ -2,6 +2,10 @@
 
 Each trainer runs in its own subprocess (so peak RSS is its own). Prints a markdown table.
 Usage: python benchmarks/train_throughput.py [--samples 512] [--batch 32] [--repeats 3]
+
+Large batches in bounded memory: ``--grad-cache`` trains ragr with ``trainer.grad_cache=true`` and
+sentence-transformers with CachedMultipleNegativesRankingLoss (both GradCache, chunks of ``--chunk-size``);
+e.g. ``--batch 1024 --samples 1024 --repeats 1 --grad-cache --only ragr`` shows one batch-1024 step's peak RSS.
 """
 
 from __future__ import annotations
@@ -34,23 +38,27 @@ def make_data(n: int, out: Path) -> Path:
     return path
 
 
-def run_ragr(data: str, batch: int, max_len: int, steps: int, out: str) -> dict:
+def run_ragr(data: str, batch: int, max_len: int, steps: int, out: str, grad_cache: bool = False, chunk: int = 32) -> dict:
     from ragr.config import compose_config
     from ragr.launch.local import run_local
 
     cfg = compose_config("train", [f"data.train={data}", "data.eval=null", "data.num_negatives=1", f"trainer.batch_size={batch}",
                                    f"trainer.max_steps={steps}", f"model.max_query_length={max_len}",
                                    f"model.max_doc_length={max_len}", "loss.temperature=0.02", f"output_dir={out}",
-                                   "trainer.log_every=1000", "trainer.save_total_limit=1"])
+                                   "trainer.log_every=1000", "trainer.save_total_limit=1", f"trainer.chunk_size={chunk}",
+                                   f"trainer.grad_cache={str(grad_cache).lower()}"])
     t0 = time.perf_counter()
     run_local(cfg, quiet=True)
     return {"seconds": time.perf_counter() - t0}
 
 
-def run_st(data: str, batch: int, max_len: int, steps: int, out: str) -> dict:
+def run_st(data: str, batch: int, max_len: int, steps: int, out: str, grad_cache: bool = False, chunk: int = 32) -> dict:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     from ragr.config.resolvers import bundled
 
@@ -63,15 +71,16 @@ def run_st(data: str, batch: int, max_len: int, steps: int, out: str) -> dict:
                                                 learning_rate=5e-5, warmup_ratio=0.1, report_to=[], save_strategy="no",
                                                 logging_steps=1000, use_cpu=True, dataloader_drop_last=True, seed=42)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                                         loss=MultipleNegativesRankingLoss(model, scale=50.0))
+                                         loss=CachedMultipleNegativesRankingLoss(model, scale=50.0, mini_batch_size=chunk)
+                                         if grad_cache else MultipleNegativesRankingLoss(model, scale=50.0))
     t0 = time.perf_counter()
     trainer.train()
     return {"seconds": time.perf_counter() - t0}
 
 
-def child(kind: str, data: str, batch: int, max_len: int, steps: int) -> None:
+def child(kind: str, data: str, batch: int, max_len: int, steps: int, grad_cache: bool = False, chunk: int = 32) -> None:
     with tempfile.TemporaryDirectory() as out:
-        res = (run_ragr if kind == "ragr" else run_st)(data, batch, max_len, steps, out)
+        res = (run_ragr if kind == "ragr" else run_st)(data, batch, max_len, steps, out, grad_cache, chunk)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print("RESULT " + json.dumps(res))
 
@@ -82,22 +91,29 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--grad-cache", action="store_true", help="GradCache in both trainers (see the docstring)")
+    ap.add_argument("--chunk-size", type=int, default=32, help="ragr trainer.chunk_size / ST mini_batch_size")
+    ap.add_argument("--only", choices=("ragr", "sentence-transformers"), help="run one trainer")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a, unknown = ap.parse_known_args()  # `make bench` passes the same arguments to every benchmark
     if a.child:
-        child(a.child[0], a.child[1], a.batch, a.max_len, a.samples // a.batch)
+        child(a.child[0], a.child[1], a.batch, a.max_len, a.samples // a.batch, a.grad_cache, a.chunk_size)
         return
+    if unknown:
+        print(f"note: ignoring arguments meant for other benchmarks: {' '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(a.samples, Path(tmp))
-        results: dict[str, list[dict]] = {"ragr": [], "sentence-transformers": []}
+        results: dict[str, list[dict]] = {k: [] for k in ("ragr", "sentence-transformers") if a.only in (None, k)}
         for _ in range(a.repeats):
             for kind in results:
                 cmd = [sys.executable, __file__, "--child", "ragr" if kind == "ragr" else "st", str(data),
-                       "--batch", str(a.batch), "--max-len", str(a.max_len), "--samples", str(a.samples)]
+                       "--batch", str(a.batch), "--max-len", str(a.max_len), "--samples", str(a.samples),
+                       "--chunk-size", str(a.chunk_size)] + (["--grad-cache"] if a.grad_cache else [])
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 results[kind].append(json.loads(out.split("RESULT ", 1)[1]))
     print(f"\nTraining MiniLM-L6, {a.samples} triplets, batch {a.batch}, max length {a.max_len}, InfoNCE tau 0.02 "
-          f"(MNRL scale 50), fp32, median of {a.repeats}\n")
+          f"(MNRL scale 50), fp32, median of {a.repeats}"
+          f"{f', GradCache in chunks of {a.chunk_size}' if a.grad_cache else ''}\n")
     print("| trainer | samples/s | peak RSS (GB) |\n|---|---|---|")
     med = {}
     for kind, rs in results.items():
@@ -105,8 +121,9 @@ def main() -> None:
         rss = statistics.median(r["peak_rss_gb"] for r in rs)
         med[kind] = (sps, rss)
         print(f"| {kind} | {sps:.2f} | {rss:.2f} |")
-    print(f"\nragr / sentence-transformers: {med['ragr'][0] / med['sentence-transformers'][0]:.2f}x samples/s, "
-          f"{med['ragr'][1] / med['sentence-transformers'][1]:.2f}x peak memory")
+    if len(med) == 2:
+        print(f"\nragr / sentence-transformers: {med['ragr'][0] / med['sentence-transformers'][0]:.2f}x samples/s, "
+              f"{med['ragr'][1] / med['sentence-transformers'][1]:.2f}x peak memory")
 
 
 if __name__ == "__main__":

@@ -149,3 +149,29 @@ def test_token_budget_and_length_sorting():
     # forward passes hold len x longest <= 100: [50, 20] + [10]
     assert [[len(d) for _, d in c] for c in model.reranker.calls] == [[50, 20], [10], [40, 5], [90]]
     assert queue.stats["max_requests_per_batch"] == 1
+
+
+def test_batch_size_caps_forward_passes_across_requests():
+    from ragr.serve.batching import RERANK, BatchQueue
+
+    model = _FakeModel()
+    queue = BatchQueue(model, max_batch_tokens=1000, batch_size=2)
+    jobs = [[("q", "a" * 3)] * 2, [("q", "b" * 5)] * 2, [("q", "c" * 4)]]
+
+    async def main():
+        queue.pause()
+        queue.start()
+        tasks = [asyncio.ensure_future(queue.submit(RERANK, pairs, [len(d) for _, d in pairs])) for pairs in jobs]
+        while queue.pending < 3:
+            await asyncio.sleep(0.005)
+        queue.resume()
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        queue.stop()
+    assert results == [[3.0, 3.0], [5.0, 5.0], [4.0]]
+    # one step (all 5 pairs fit 1000 tokens), sorted longest first, 2 pairs per forward pass
+    assert [[len(d) for _, d in c] for c in model.reranker.calls] == [[5, 5], [4, 3], [3]]
+    assert queue.stats["max_requests_per_batch"] == 2

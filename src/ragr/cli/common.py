@@ -27,7 +27,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as exc:
             from rich.console import Console
 
-            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True)
+            from rich.markup import escape
+
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

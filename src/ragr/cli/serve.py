@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free port; the URL is printed)."),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="RAGR_API_KEY", help="Require 'Authorization: Bearer KEY' (env RAGR_API_KEY)."),
         max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens", min=1, help="Token budget of one forward pass, shared by concurrent requests."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Most pairs (or texts) in one forward pass; length-sorted, as in ragr rerank."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
         max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Input length in tokens (default: the model's)."),
@@ -77,8 +78,9 @@ def register(app: typer.Typer) -> None:
         from ragr.serve import ServeSettings, create_app, load_model
         from ragr.serve.models import parse_specs
 
-        settings = ServeSettings(api_key=api_key, max_batch_tokens=max_batch_tokens, max_documents=max_documents,
-                                 max_text_length=max_text_length, max_request_bytes=max_request_bytes)
+        settings = ServeSettings(api_key=api_key, max_batch_tokens=max_batch_tokens, batch_size=batch_size,
+                                 max_documents=max_documents, max_text_length=max_text_length,
+                                 max_request_bytes=max_request_bytes)
         specs = parse_specs(model)
         if threads is not None:
             import torch
@@ -87,7 +89,7 @@ def register(app: typer.Typer) -> None:
         sock = bind(host, port)  # before the (slow) model loads: a taken port fails at once
         try:
             models = [load_model(name, source, device=device, dtype=dtype, max_length=max_length, long_doc=long_doc,
-                                 overlap=overlap) for name, source in specs]
+                                 overlap=overlap, batch_size=batch_size) for name, source in specs]
             app_ = create_app(models, settings)
             bound = sock.getsockname()[1]
             shown = f"[{host}]" if ":" in host else host

@@ -44,6 +44,7 @@ class TrainerConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     chunk_size: int = 32     # sequences per forward pass, length-sorted (cuts padding; the loss is unchanged)
+    grad_cache: bool = False  # embedder: GradCache (loss and gradients unchanged, memory of one chunk, +1 forward)
     log_every: int = 10
     save_every: int = 0
     save_total_limit: int = 2

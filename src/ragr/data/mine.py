@@ -255,16 +255,27 @@ def mine_records(
             yield out
 
 
-def read_pairs(path: str) -> list[dict[str, Any]]:
-    """Validated pair / triplet / scored records of ``path`` (see :mod:`ragr.data.formats`)."""
+class _LazyRecords(Sequence):
+    """Records of a validated JSONL file, read by offset on access (a big input is never held whole)."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.index[j] for j in range(*i.indices(len(self)))]
+        return self.index[i]
+
+
+def read_pairs(path: str) -> Sequence[dict[str, Any]]:
+    """Validated pair / triplet / scored records of ``path`` (see :mod:`ragr.data.formats`), read lazily."""
     from ragr.data.formats import load_training_file
 
     index, _ = load_training_file(path, "auto")
-    rows = [index[i] for i in range(len(index))]
-    for r in rows:
-        if r.get("prompt") is None:
-            r.pop("prompt", None)
-    return rows
+    return _LazyRecords(index)
 
 
 def mine_file(

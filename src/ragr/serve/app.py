@@ -122,7 +122,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     """The FastAPI app serving ``models`` (by name) under ``settings``; queues start with the app."""
     settings = settings or ServeSettings()
     by_name = {m.name: m for m in models}
-    queues = {m.name: BatchQueue(m, settings.max_batch_tokens) for m in models}
+    queues = {m.name: BatchQueue(m, settings.max_batch_tokens, settings.batch_size) for m in models}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -3,8 +3,10 @@
 Each served model has one :class:`BatchQueue` and one worker thread. A request submits a job: its
 (query, document) pairs to score, or its texts to embed, with each item's token count. The worker
 repeatedly takes pending items of one kind in arrival order, across requests, up to
-``max_batch_tokens`` tokens; sorts them by length; and runs them in forward passes whose padded size
-(items x longest item) stays within the same budget (an item longer than the budget runs alone).
+``max_batch_tokens`` tokens; sorts them by length; and runs them in forward passes of at most
+``batch_size`` items whose padded size (items x longest item) stays within the same token budget (an
+item longer than the budget runs alone). Sorting first keeps items of similar length together, so
+little compute goes to padding.
 Pairs are scored by :meth:`ragr.infer.Reranker.score`, texts embedded by
 :meth:`ragr.models.embedder.Embedder.encode`: the code paths of ``ragr rerank`` and ``ragr eval``.
 
@@ -58,13 +60,14 @@ class BatchQueue:
     Args:
         model: a :class:`ragr.serve.models.ServedModel`.
         max_batch_tokens: token budget of one step and of one forward pass (padded).
+        batch_size: most items in one forward pass.
     """
 
-    def __init__(self, model: Any, max_batch_tokens: int = 16384) -> None:
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    def __init__(self, model: Any, max_batch_tokens: int = 16384, batch_size: int = 32) -> None:
+        if max_batch_tokens < 1 or batch_size < 1:
+            raise ValueError(f"max_batch_tokens and batch_size must be >= 1, got {max_batch_tokens}, {batch_size}")
         self.model = model
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens, self.batch_size = max_batch_tokens, batch_size
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._open = threading.Event()  # cleared: paused (tests hold the worker to fill the queue)
@@ -160,12 +163,15 @@ class BatchQueue:
         return taken
 
     def _forward_batches(self, step: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
-        """Length-sorted (longest first) forward passes of at most ``max_batch_tokens`` padded tokens."""
+        """Length-sorted (longest first) forward passes of at most ``batch_size`` items and
+        ``max_batch_tokens`` padded tokens."""
         step = sorted(step, key=lambda ji: ji[0].costs[ji[1]], reverse=True)
         batches: list[list[tuple[Job, int]]] = []
         for ji in step:
-            if batches and (len(batches[-1]) + 1) * batches[-1][0][0].costs[batches[-1][0][1]] <= self.max_batch_tokens:
-                batches[-1].append(ji)
+            last = batches[-1] if batches else None
+            if (last and len(last) < self.batch_size
+                    and (len(last) + 1) * last[0][0].costs[last[0][1]] <= self.max_batch_tokens):
+                last.append(ji)
             else:
                 batches.append([ji])
         return batches

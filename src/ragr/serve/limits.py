@@ -27,6 +27,7 @@ class ServeSettings:
         api_key: when set, every API call needs ``Authorization: Bearer <api_key>`` (``/health`` and the
             OpenAPI page stay open).
         max_batch_tokens: token budget of one forward pass, shared by concurrent requests.
+        batch_size: most pairs (or texts) in one forward pass.
         max_documents: most documents (rerank) or inputs (embeddings) in one request.
         max_text_length: most characters in one query, document or input.
         max_request_bytes: largest request body.
@@ -34,12 +35,13 @@ class ServeSettings:
 
     api_key: str | None = None
     max_batch_tokens: int = 16384
+    batch_size: int = 32
     max_documents: int = 1000
     max_text_length: int = 100_000
     max_request_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_documents", "max_text_length", "max_request_bytes"):
+        for name in ("max_batch_tokens", "batch_size", "max_documents", "max_text_length", "max_request_bytes"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.api_key is not None and not self.api_key.strip():

@@ -11,10 +11,6 @@ from typing import Any
 
 from ragr.errors import UserError
 
-#: Pairs per call of :meth:`ragr.infer.Reranker.score`: the batching queue sizes forward passes itself.
-UNBOUNDED_BATCH = 1 << 30
-
-
 @dataclass
 class ServedModel:
     """A loaded model and how to reach it.
@@ -92,12 +88,16 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 def load_model(name: str, source: str, *, family: str | None = None, device: str | None = None,
                dtype: str | None = None, max_length: int | None = None, long_doc: str = "truncate",
-               overlap: int = 32) -> ServedModel:
-    """Load ``source`` the way ``ragr rerank`` does (:class:`ragr.infer.Reranker`), so scores match it."""
+               overlap: int = 32, batch_size: int = 32) -> ServedModel:
+    """Load ``source`` the way ``ragr rerank`` does (:class:`ragr.infer.Reranker`), so scores match it.
+
+    ``batch_size`` matters only for ``max-chunk``: the windows of one forward pass's pairs are scored
+    ``batch_size`` at a time (the batching queue sizes the forward passes of pairs itself).
+    """
     from ragr.infer import Reranker
 
     reranker = Reranker(source, family=family, device=device, dtype=dtype, max_length=max_length,
-                        long_doc=long_doc, overlap=overlap, batch_size=UNBOUNDED_BATCH)
+                        long_doc=long_doc, overlap=overlap, batch_size=batch_size)
     embedder = getattr(reranker.scorer, "model", None) if reranker.family == "embedder" else None
     return ServedModel(name=name, source=source, reranker=reranker, embedder=embedder)
 

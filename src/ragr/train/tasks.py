@@ -55,9 +55,19 @@ class EmbedderTask:
 
     def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
         chunk = self.cfg["trainer"]["chunk_size"]
+        false_negatives = batch["false_negatives"].to(device)
+        if self.cfg["trainer"].get("grad_cache"):  # same loss and gradients, memory of one chunk (see grad_cache.py)
+            from ragr.train.grad_cache import cached_step
+
+            launcher = self.cfg.get("launcher", {}).get("name", "local")
+            if launcher not in ("local", "ddp"):
+                from ragr.errors import UserError
+
+                raise UserError(f"trainer.grad_cache=true runs with launcher=local or ddp, not {launcher}")
+            return cached_step(model, unwrapped, loss_fn, batch["queries"], batch["docs"], (false_negatives,), chunk, device)
         q_emb = unwrapped.embed(batch["queries"], is_query=True, forward=model, chunk_size=chunk)
         d_emb = unwrapped.embed(batch["docs"], is_query=False, forward=model, chunk_size=chunk)
-        return loss_fn(q_emb.float(), d_emb.float(), batch["false_negatives"].to(device))
+        return loss_fn(q_emb.float(), d_emb.float(), false_negatives)
 
     def eval_rows(self):
         from ragr.data.formats import load_rerank_file
