@@ -54,6 +54,8 @@ def test_load_results_reads_every_report_shape(tmp_path):
     got = load_results(run)
     assert [label for label, _ in got] == ["run (before)", "run (best)", "run (after)"]
     assert got[0][1] == {"my-dev.jsonl": metrics(.3, .3, .3)}
+    write(run / "eval.json", {"before": metrics(.3, .3, .3), "after": metrics(.4, .4, .4), "best": {"step": 9, **metrics(.4, .4, .4)}})
+    assert [label for label, _ in load_results(run)] == ["run (before)", "run (after)"]  # best == after: one row
     with pytest.raises(UserError, match="no eval.json"):
         load_results(tmp_path / "nothing")
     write(tmp_path / "odd" / "eval.json", {"hello": "world"})

@@ -127,6 +127,16 @@ def test_grad_cache_is_refused_with_deepspeed_and_fsdp():
         t.compute_loss(model, model, InfoNCE(), batch(), "cpu")
 
 
+def test_grad_cache_is_refused_for_a_task_with_its_own_loss_step(tiny_bert, data_dir, tmp_path):
+    from ragr.train.colbert_task import ColBERTTask
+
+    cfg = compose_config("train", ["model=colbert", "loss=infonce", f"model.name_or_path={tiny_bert}",
+                                   f"data.train={data_dir / 'train.jsonl'}", "trainer.grad_cache=true",
+                                   f"output_dir={tmp_path}"])
+    with pytest.raises(UserError, match="grad_cache=true is implemented for the embedder family"):
+        ColBERTTask(cfg)
+
+
 def test_a_training_run_with_grad_cache_reaches_the_plain_run_weights(tiny_overrides, tmp_path):
     # tiny_bert has dropout 0.1: equal weights also need equal dropout masks in both passes of every step
     common = tiny_overrides + ["data.eval=null", "trainer.chunk_size=3", "trainer.batch_size=6", "trainer.max_steps=3"]

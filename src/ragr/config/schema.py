@@ -45,6 +45,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     chunk_size: int = 32     # sequences per forward pass, length-sorted (cuts padding; the loss is unchanged)
     grad_cache: bool = False  # embedder: GradCache (loss and gradients unchanged, memory of one chunk, +1 forward)
+    max_tokens_per_batch: Optional[int] = None  # embedder: micro-batches by token budget instead of batch_size
     log_every: int = 10
     save_every: int = 0
     save_total_limit: int = 2

@@ -109,6 +109,10 @@ def _dev_name(run_dir: Path) -> str:
     return "dev"
 
 
+def _same_metrics(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "step"} == {k: v for k, v in b.items() if k != "step"}
+
+
 def load_results(path: str | Path) -> list[Entry]:
     """Read an ``eval.json`` (or the folder holding it) as compared entries.
 
@@ -137,6 +141,8 @@ def load_results(path: str | Path) -> list[Entry]:
     if "metrics" in report and _is_metrics(report["metrics"]):
         return [(label, {Path(str(report.get("data") or "data")).name: report["metrics"]})]
     stages = [s for s in TRAIN_STAGES if _is_metrics(report.get(s))]
+    if "best" in stages and "after" in stages and _same_metrics(report["best"], report["after"]):
+        stages.remove("best")  # the final model was the best: one row says it
     if stages:
         dev = _dev_name(file.parent)
         return [(f"{label} ({s})", {dev: report[s]}) for s in stages]

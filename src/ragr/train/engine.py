@@ -84,15 +84,36 @@ class Engine:
                            {"resumed_from": str(resume_from) if resume_from else None})
         return resume_from
 
-    def _schedule(self, n_examples: int) -> tuple[int, int]:
+    def _schedule(self, n_examples: int, dataset=None) -> tuple[int, int]:
         """(steps_per_epoch, total optimizer steps)."""
+        if self.t.get("max_tokens_per_batch") is not None and dataset is not None:  # token-budget micro-batches
+            plan = self._token_plan(dataset)
+            return plan.steps_per_epoch, self.t["max_steps"] or plan.total_steps(self.t["epochs"])
         world, b, a = self.accelerator.num_processes, self.t["batch_size"], self.t["grad_accum"]
         micro = max(1, n_examples // (b * world))
         spe = max(1, micro // a)
         total = self.t["max_steps"] if self.t.get("max_steps") else spe * self.t["epochs"]
         return spe, total
 
+    def _token_plan(self, dataset):
+        """trainer.max_tokens_per_batch: see ragr.train.token_budget (packs fixed by (seed, epoch))."""
+        from ragr.train.token_budget import TokenBudgetPlan
+
+        budget, costs = self.t["max_tokens_per_batch"], getattr(self.task, "example_costs", None)
+        if budget < 1:
+            raise UserError(f"trainer.max_tokens_per_batch must be >= 1, got {budget}")
+        if costs is None:
+            raise UserError(f"trainer.max_tokens_per_batch: model family '{self.cfg['model']['family']}' does not "
+                            "support it; set trainer.batch_size instead")
+        self._plan = TokenBudgetPlan(costs(dataset), budget, self.cfg["seed"], self.accelerator.num_processes,
+                                     self.t["grad_accum"])
+        return self._plan
+
     def _micro_batch(self, dataset, step: int, a: int, spe: int) -> list[int]:
+        if getattr(self, "_plan", None) is not None:
+            epoch, idx = self._plan.micro_batch(step, a, self.accelerator.process_index)
+            dataset.set_epoch(epoch)
+            return idx
         world, rank, b = self.accelerator.num_processes, self.accelerator.process_index, self.t["batch_size"]
         epoch = step // spe
         perm = np.random.default_rng([self.cfg["seed"], epoch]).permutation(len(dataset))
@@ -256,7 +277,7 @@ class Engine:
             raise UserError("trainer.eval_every needs dev data: set data.eval=path/to/dev.jsonl")
         best_file = self.run_dir / "best" / "best.json"
         self.best = json.loads(best_file.read_text()) if resume_from is not None and best_file.is_file() else None
-        spe, total = self._schedule(len(dataset))
+        spe, total = self._schedule(len(dataset), dataset)
         results: dict[str, Any] = {"run_dir": str(self.run_dir)}
         sharded, deepspeed = self._sharded(), self._deepspeed()
         if sharded and t.get("eval_before") and resume_from is None:  # once prepared, no rank holds the model

@@ -22,6 +22,10 @@ class EmbedderTask:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.model = None
+        if cfg.get("trainer", {}).get("grad_cache") and type(self).compute_loss is not EmbedderTask.compute_loss:
+            from ragr.errors import UserError
+
+            raise UserError(f"trainer.grad_cache=true is implemented for the embedder family, not {type(self).__name__}")
 
     def build_model(self):
         from ragr.models import build_model
@@ -52,6 +56,34 @@ class EmbedderTask:
         from ragr.data.dataset import collate
 
         return collate(examples)
+
+    def example_costs(self, dataset, block: int = 1024):
+        """Expected tokens of each example, for ``trainer.max_tokens_per_batch`` (see ragr.train.token_budget).
+
+        The query's tokens plus the mean tokens of its positives plus ``num_negatives`` times the mean
+        tokens of its negatives (when the data has them), truncated to the model's max lengths.
+        """
+        import numpy as np
+
+        m = self.model
+        n_neg = dataset.num_negatives if dataset.use_negatives else 0
+        q_prompt, d_prompt = getattr(m, "query_prompt", ""), getattr(m, "doc_prompt", "")  # ColBERT has none
+
+        def lengths(texts, prompt, max_len):
+            if not texts:
+                return []
+            ids = m.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)["input_ids"]
+            return [len(x) for x in ids]
+
+        costs = np.zeros(len(dataset))
+        for start in range(0, len(dataset), block):
+            recs = [dataset.index[i] for i in range(start, min(start + block, len(dataset)))]
+            q = lengths([(r.get("prompt") or "") + r["query"] for r in recs], q_prompt, m.max_query_length)
+            for k, r in enumerate(recs):
+                pos = lengths(list(r["pos"]), d_prompt, m.max_doc_length)
+                neg = lengths(list(r.get("neg") or []), d_prompt, m.max_doc_length) if n_neg else []
+                costs[start + k] = q[k] + float(np.mean(pos)) + (n_neg * float(np.mean(neg)) if neg else 0.0)
+        return costs
 
     def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
         chunk = self.cfg["trainer"]["chunk_size"]

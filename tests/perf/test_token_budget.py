@@ -1,0 +1,157 @@
+"""Token-budget batching (trainer.max_tokens_per_batch): packs within the budget, every example once per epoch,
+a step fixed by (seed, step), exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ragr.config import compose_config
+from ragr.errors import UserError
+from ragr.launch.local import run_local
+from ragr.train.engine import Engine
+from ragr.train.token_budget import TokenBudgetPlan, pack
+
+
+def hand_pack(costs, budget):
+    """A plain loop: add examples while the running sum stays within the budget."""
+    out, cur, total = [], [], 0.0
+    for i, c in enumerate(costs):
+        if cur and total + c > budget:
+            out.append(cur)
+            cur, total = [], 0.0
+        cur.append(i)
+        total += c
+    return out + [cur] if cur else out
+
+
+def test_pack_equals_a_plain_greedy_loop():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        costs = rng.integers(1, 80, size=int(rng.integers(1, 40))).astype(float)
+        budget = float(rng.integers(20, 200))
+        assert [list(p) for p in pack(costs, budget)] == hand_pack(costs, budget)
+    assert [list(p) for p in pack(np.array([5.0, 50.0, 5.0]), 10)] == [[0], [1], [2]]  # over budget: alone
+
+
+def test_every_example_once_per_epoch_within_the_budget():
+    costs = np.random.default_rng(1).integers(10, 100, size=101).astype(float)
+    plan = TokenBudgetPlan(costs, budget=300, seed=3)
+    for epoch in range(3):
+        packs = plan.packs(epoch)
+        assert sorted(int(i) for p in packs for i in p) == list(range(101))
+        assert all(costs[p].sum() <= 300 or len(p) == 1 for p in packs)
+        order = [int(i) for p in packs for i in p]  # in the engine's seeded order for that epoch
+        assert order == list(np.random.default_rng([3, epoch]).permutation(101))
+    assert plan.packs(0) is not plan.packs(1) and len(plan.packs(0)) >= 101 * 55 // 300 // 2
+
+
+def test_steps_walk_the_packs_in_order_across_ranks_and_epochs():
+    costs = np.full(20, 10.0)  # 3 examples per pack of 30 tokens: 7 packs an epoch
+    plan = TokenBudgetPlan(costs, budget=30, seed=0, world=2, grad_accum=2)
+    assert len(plan.packs(0)) == 7 and plan.steps_per_epoch == 1 and plan.total_steps(3) == 21 // 4
+    seen = []
+    for step in range(5):
+        for a in range(2):
+            for rank in range(2):
+                epoch, idx = plan.micro_batch(step, a, rank)
+                m = (step * 2 + a) * 2 + rank
+                assert epoch == m // 7 and idx == [int(i) for i in plan.packs(epoch)[m % 7]]
+                seen.append((epoch, tuple(idx)))
+    assert len(set(seen)) == len(seen)
+    again = TokenBudgetPlan(costs, budget=30, seed=0, world=2, grad_accum=2)  # a resumed run: the same packs
+    assert again.micro_batch(4, 1, 1) == plan.micro_batch(4, 1, 1)
+
+
+def common(tiny_bert, data_dir):
+    return [f"model.name_or_path={tiny_bert}", f"data.train={data_dir / 'train.jsonl'}", "data.eval=null",
+            "model.max_doc_length=32", "model.max_query_length=16", "data.num_negatives=1", "trainer.log_every=1",
+            "trainer.max_tokens_per_batch=200"]
+
+
+def test_example_costs_count_the_expected_tokens(tiny_bert, data_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ragr.train.tasks import EmbedderTask
+
+    cfg = compose_config("train", common(tiny_bert, data_dir) + [f"output_dir={tmp_path}"])
+    task = EmbedderTask(cfg)
+    dataset = task.build_dataset()
+    task.build_model()
+    costs = task.example_costs(dataset, block=5)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    rows = [json.loads(l) for l in open(data_dir / "train.jsonl")]
+    n = lambda t, m: len(tok(t, truncation=True, max_length=m)["input_ids"])  # noqa: E731
+    want = [n(r["query"], 16) + np.mean([n(p, 32) for p in r["pos"]]) + np.mean([n(x, 32) for x in r["neg"]]) for r in rows]
+    np.testing.assert_allclose(costs, want)
+
+
+def test_training_takes_budgeted_batches_and_resumes_exactly(tiny_bert, data_dir, tmp_path, monkeypatch):
+    sizes = []
+    real = Engine._micro_batch
+
+    def spy(self, dataset, step, a, spe):
+        idx = real(self, dataset, step, a, spe)
+        sizes.append(len(idx))
+        return idx
+
+    monkeypatch.setattr(Engine, "_micro_batch", spy)
+    base = common(tiny_bert, data_dir) + ["trainer.max_steps=5", "trainer.save_every=2", "trainer.save_total_limit=5"]
+    full = run_local(compose_config("train", base + [f"output_dir={tmp_path / 'full'}"]), quiet=True)
+    assert full["steps"] == 5 and len(sizes) == 5
+    assert 1 < max(sizes) < 24  # set by the budget (~200 / ~35 tokens an example), not batch_size (32: all 24 rows)
+    monkeypatch.setattr(Engine, "_micro_batch", real)
+
+    original = Engine._save_checkpoint
+
+    def crash_after_step_2(self, step, epoch):
+        original(self, step, epoch)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "_save_checkpoint", crash_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(compose_config("train", base + [f"output_dir={tmp_path / 'resumed'}"]), quiet=True)
+    monkeypatch.setattr(Engine, "_save_checkpoint", original)
+    run_local(compose_config("train", base + [f"output_dir={tmp_path / 'resumed'}", "trainer.resume=auto"]), quiet=True)
+    a = load_file(f"{tmp_path / 'full'}/model/model.safetensors")
+    b = load_file(f"{tmp_path / 'resumed'}/model/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_without_max_steps_the_epochs_set_the_step_count(tiny_bert, data_dir, tmp_path):
+    res = run_local(compose_config("train", common(tiny_bert, data_dir) + ["trainer.epochs=2", "trainer.eval_after=false",
+                                                                             f"output_dir={tmp_path / 'r'}"]), quiet=True)
+    from ragr.train.tasks import EmbedderTask
+
+    cfg = compose_config("train", common(tiny_bert, data_dir) + [f"output_dir={tmp_path / 'x'}"])
+    task = EmbedderTask(cfg)
+    dataset = task.build_dataset()
+    task.build_model()
+    plan = TokenBudgetPlan(task.example_costs(dataset), 200, cfg["seed"])
+    assert res["steps"] == len(plan.packs(0)) + len(plan.packs(1))
+
+
+def test_a_budget_below_one_token_is_refused(tiny_bert, data_dir, tmp_path):
+    overrides = common(tiny_bert, data_dir) + ["trainer.max_steps=1", "trainer.max_tokens_per_batch=0",
+                                               f"output_dir={tmp_path / 'r'}"]
+    with pytest.raises(UserError, match="max_tokens_per_batch must be >= 1"):
+        run_local(compose_config("train", overrides), quiet=True)
+
+
+def test_a_family_without_example_costs_is_told_to_use_batch_size(tmp_path):
+    class NoCosts:  # a task of a family that does not implement example_costs
+        def build_dataset(self):
+            return list(range(10))
+
+    engine = Engine.__new__(Engine)
+    engine.t = {"max_tokens_per_batch": 100, "max_steps": None, "epochs": 1, "grad_accum": 1}
+    engine.cfg = {"model": {"family": "my_family"}, "seed": 0}
+    engine.task = NoCosts()
+    with pytest.raises(UserError, match="family 'my_family' does not support it"):
+        engine._schedule(10, list(range(10)))
