@@ -129,6 +129,11 @@ def systems(path: str, device: str, a) -> dict:
         "ragr fp32": Reranker(path, device=device, dtype="fp32", max_tokens=a.max_tokens).score,
         "ragr bf16": Reranker(path, device=device, dtype="bf16", max_tokens=a.max_tokens).score,
     }
+    if a.st_bf16:  # sentence-transformers in bf16 too (the GPU comparison)
+        st16 = STCrossEncoder(path, device=device, model_kwargs={"dtype": torch.bfloat16})
+        out["sentence-transformers bf16"] = lambda pairs: list(st16.predict(pairs, activation_fn=ident,
+                                                                            batch_size=a.st_batch_size,
+                                                                            show_progress_bar=False))
     if a.with_rag_retrieval:
         try:
             from rag_retrieval import Reranker as RRReranker
@@ -207,6 +212,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=None, help="ragr: padded tokens per forward pass (default: ragr's)")
     ap.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers predict batch size (its default)")
     ap.add_argument("--with-rag-retrieval", action="store_true")
+    ap.add_argument("--st-bf16", action="store_true", help="also run sentence-transformers in bf16 (for GPU runs)")
+    ap.add_argument("--profile", action="store_true", help="also print torch-profiler op tables of ragr fp32 and bf16")
     ap.add_argument("--memory", action="store_true", help="also measure `ragr rerank` peak RSS on 1k vs --memory-pairs pairs")
     ap.add_argument("--memory-pairs", type=int, default=100_000)
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
@@ -252,7 +259,15 @@ def main() -> None:
                 s, scores[name] = timed(fn)
                 secs[name].append(s)
 
-        cpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+        import platform
+
+        import sentence_transformers
+        import transformers
+
+        cpu = (torch.cuda.get_device_name() if a.device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"sentence-transformers {sentence_transformers.__version__}")
         print(f"\nReranking {len(pairs)} pairs ({len(groups)} queries x {a.docs_per_query} documents), "
               f"{n_tokens} tokens (mean {n_tokens / len(pairs):.0f}, max {max(lengths)}), {a.model_size} cross-encoder, "
               f"{cpu}, median of {a.repeats}\n")
@@ -281,8 +296,17 @@ def main() -> None:
         pad = padded_tokens(lengths, pairs, a.device, a.max_tokens, a.st_batch_size)
         print(f"tokens through the model, padding included: ragr {pad['ragr']} ({pad['ragr'] / pad['real'] - 1:+.1%} padding), "
               f"sentence-transformers {pad['sentence-transformers']} ({pad['sentence-transformers'] / pad['real'] - 1:+.1%})")
+        if a.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            for name in ("ragr fp32", "ragr bf16"):
+                with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device.startswith("cuda") else [])) as prof:
+                    runners[name](pairs)
+                print(f"\nprofile of {name} (one pass over the pairs)\n")
+                print(prof.key_averages().table(sort_by="self_cuda_time_total" if a.device.startswith("cuda")
+                                                else "self_cpu_time_total", row_limit=12))
         if a.memory:
-            short = [(q, d[:300]) for q, d in pairs]
+            short = [(q, d[:80]) for q, d in pairs]  # ~30 tokens a pair: 100k pairs in minutes
             memory_run(path, short, [1000, a.memory_pairs], Path(tmp))
 
 

@@ -42,26 +42,32 @@ def test_every_example_once_per_epoch_within_the_budget():
     costs = np.random.default_rng(1).integers(10, 100, size=101).astype(float)
     plan = TokenBudgetPlan(costs, budget=300, seed=3)
     for epoch in range(3):
-        packs = plan.packs(epoch)
+        packs = [p.ravel() for p in plan.packs(epoch)]
         assert sorted(int(i) for p in packs for i in p) == list(range(101))
         assert all(costs[p].sum() <= 300 or len(p) == 1 for p in packs)
         order = [int(i) for p in packs for i in p]  # in the engine's seeded order for that epoch
         assert order == list(np.random.default_rng([3, epoch]).permutation(101))
-    assert plan.packs(0) is not plan.packs(1) and len(plan.packs(0)) >= 101 * 55 // 300 // 2
+        assert [list(p) for p in packs] == [[order[k] for k in h] for h in hand_pack([costs[i] for i in order], 300)]
 
 
-def test_steps_walk_the_packs_in_order_across_ranks_and_epochs():
-    costs = np.full(20, 10.0)  # 3 examples per pack of 30 tokens: 7 packs an epoch
+def test_ranks_get_equal_shares_and_steps_walk_the_packs_in_order():
+    costs = np.full(21, 10.0)  # 2 ranks: 10 units of 20 tokens (1 example dropped), 3 units a pack of 60: 4 packs
     plan = TokenBudgetPlan(costs, budget=30, seed=0, world=2, grad_accum=2)
-    assert len(plan.packs(0)) == 7 and plan.steps_per_epoch == 1 and plan.total_steps(3) == 21 // 4
+    assert [len(p) for p in plan.packs(0)] == [3, 3, 3, 1]
+    assert plan.steps_per_epoch == 2 and plan.total_steps(3) == 6
+    for epoch in range(3):  # every example but the epoch's last one in the permutation, once
+        perm = np.random.default_rng([0, epoch]).permutation(21)
+        assert sorted(int(i) for p in plan.packs(epoch) for i in p.ravel()) == sorted(perm[:20])
     seen = []
-    for step in range(5):
+    for step in range(6):
         for a in range(2):
-            for rank in range(2):
-                epoch, idx = plan.micro_batch(step, a, rank)
-                m = (step * 2 + a) * 2 + rank
-                assert epoch == m // 7 and idx == [int(i) for i in plan.packs(epoch)[m % 7]]
-                seen.append((epoch, tuple(idx)))
+            m = step * 2 + a
+            parts = [plan.micro_batch(step, a, rank) for rank in range(2)]
+            assert {e for e, _ in parts} == {m // 4}
+            assert len(parts[0][1]) == len(parts[1][1])  # DDP: the same number of forward passes on each rank
+            for rank, (_, idx) in enumerate(parts):
+                assert idx == [int(i) for i in plan.packs(m // 4)[m % 4][:, rank]]
+                seen.extend((m // 4, i) for i in idx)
     assert len(set(seen)) == len(seen)
     again = TokenBudgetPlan(costs, budget=30, seed=0, world=2, grad_accum=2)  # a resumed run: the same packs
     assert again.micro_batch(4, 1, 1) == plan.micro_batch(4, 1, 1)
@@ -134,7 +140,7 @@ def test_without_max_steps_the_epochs_set_the_step_count(tiny_bert, data_dir, tm
     dataset = task.build_dataset()
     task.build_model()
     plan = TokenBudgetPlan(task.example_costs(dataset), 200, cfg["seed"])
-    assert res["steps"] == len(plan.packs(0)) + len(plan.packs(1))
+    assert res["steps"] == len(plan.packs(0)) + len(plan.packs(1))  # grad_accum 1, one process: a pack a step
 
 
 def test_a_budget_below_one_token_is_refused(tiny_bert, data_dir, tmp_path):
@@ -155,3 +161,21 @@ def test_a_family_without_example_costs_is_told_to_use_batch_size(tmp_path):
     engine.task = NoCosts()
     with pytest.raises(UserError, match="family 'my_family' does not support it"):
         engine._schedule(10, list(range(10)))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ddp_ranks_train_with_a_token_budget(tiny_bert, data_dir, tmp_path):
+    """Equal shares per rank: both ranks run the same number of forward passes (a mismatch would hang DDP)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    args = common(tiny_bert, data_dir) + ["trainer.max_steps=3", "trainer.chunk_size=2", "loss.gather_across_ranks=true",
+                                          "launcher=ddp", "launcher.num_processes=2", f"output_dir={tmp_path / 'ddp'}"]
+    proc = subprocess.run([sys.executable, "-m", "ragr", "train", "-q", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "ddp" / "metrics.jsonl") if '"loss"' in l]
+    assert steps == [1, 2, 3]

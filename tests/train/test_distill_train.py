@@ -305,3 +305,19 @@ def test_agreement_metrics_match_scipy():
     assert got["teacher_spearman"] == pytest.approx(np.mean([spearmanr(s, t).statistic for s, t in zip(student, teacher)]))
     assert got["teacher_top1"] == pytest.approx(np.mean([np.argmax(s) == np.argmax(t) for s, t in zip(student, teacher)]))
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+@pytest.mark.parametrize("student, teacher_family, want", [
+    ("minilm", "embedder", (1.0, 0.02)), ("minilm-embedder", "cross_encoder", (0.02, 1.0)),
+    ("colbert", "llm_yes", (0.02, 1.0)), ("minilm", None, (1.0, 1.0))])
+def test_null_temperatures_are_the_natural_scale_of_each_side(student, teacher_family, want, tmp_path):
+    from ragr.config import compose_config
+    from ragr.train.distill_task import ScoreDistillTask
+
+    task = ScoreDistillTask(compose_config("distill", [f"student={student}", f"output_dir={tmp_path}"]), quiet=True)
+    task.teacher_family = teacher_family
+    loss = task.build_loss()
+    assert (loss.temperature, loss.teacher_temperature) == want
+    explicit = ScoreDistillTask(compose_config("distill", [f"student={student}", "loss.temperature=0.5",
+                                                           "loss.teacher_temperature=2"]), quiet=True).build_loss()
+    assert (explicit.temperature, explicit.teacher_temperature) == (0.5, 2.0)

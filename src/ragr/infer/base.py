@@ -21,6 +21,10 @@ own model), subclass :class:`Scorer`::
         def doc_budget(self, query):   # optional: only needed for long_doc="max-chunk"
             return self.max_length - ...
 
+A family that can tokenize pairs up front may also implement :meth:`Scorer.tokenize_pairs` and
+:meth:`Scorer.score_tokenized` (the cross-encoder does): the Reranker then sorts pairs by exact token
+length and cuts batches by a token budget with the least padding (:func:`token_batches`).
+
 Registered names are looked up in :data:`ragr.registry.scorers` (lazy ``"module:Class"`` entries,
 appended in ``registry.py`` for built-in families), then among classes registered with
 :func:`register_scorer`, then in the ``ragr.rerankers`` entry-point group of installed packages

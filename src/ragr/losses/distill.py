@@ -8,7 +8,8 @@ optional ``labels [B, G]`` (hard labels, for the mix with the hard-label loss) a
 
 The student's scores are divided by ``temperature`` first. ``None`` means the student's natural
 scale, which the distillation task fills in: 1 for a reranker (logits), 0.02 for an embedder or
-ColBERT student (cosine / MaxSim in [-1, 1]; RAG-Retrieval's embedding temperature).
+ColBERT student (cosine / MaxSim in [-1, 1]; RAG-Retrieval's embedding temperature). The KL losses'
+``teacher_temperature: None`` is the teacher's natural scale in the same way (1 for scores from the data).
 
 With ``hard_weight = w > 0`` the loss is ``(1 - w) * distill + w * hard``, where ``hard`` is the
 listwise cross-entropy of the student's (tempered) scores against the hard labels normalized to sum 1
@@ -24,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: the student's natural score scale, by model family (see the module docstring)
-STUDENT_TEMPERATURE = {"embedder": 0.02, "colbert": 0.02}
+#: the natural temperature of a model family's scores (see the module docstring); other families: 1
+NATURAL_TEMPERATURE = {"embedder": 0.02, "colbert": 0.02}
 
 
 def _full_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +120,7 @@ class KLDistillLoss(ScoreDistillLoss):
 
     Args:
         temperature: student temperature (None: the student's natural scale, see the module docstring).
-        teacher_temperature: teacher temperature.
+        teacher_temperature: teacher temperature (None: the teacher's natural scale).
         hard_weight: weight of the hard-label loss.
 
     Inputs:
@@ -133,9 +134,10 @@ class KLDistillLoss(ScoreDistillLoss):
         Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.
     """
 
-    def __init__(self, temperature: float | None = None, teacher_temperature: float = 1.0,
+    def __init__(self, temperature: float | None = None, teacher_temperature: float | None = None,
                  hard_weight: float = 0.0) -> None:
         super().__init__(temperature, hard_weight)
+        teacher_temperature = 1.0 if teacher_temperature is None else teacher_temperature
         if teacher_temperature <= 0:
             raise ValueError("teacher_temperature must be > 0")
         self.teacher_temperature = float(teacher_temperature)

@@ -485,6 +485,7 @@ class ScoreDistillTask(_DistillBase):
                  student_path: str | None = None) -> None:
         super().__init__(cfg, quiet, student_path)
         self.teacher_path = teacher_path
+        self.teacher_family: str | None = None  # the family that scored (None: scores from the data)
         self.format: str | None = None
         self.scores: TeacherScores | None = None
         self.agreement_set: tuple[list[str], list[list[str]], list[list[float]], str] | None = None
@@ -523,6 +524,7 @@ class ScoreDistillTask(_DistillBase):
             path = self.teacher_path or resolve_model_path(self.cfg["teacher"]["name_or_path"], key="teacher.name_or_path")
             cache_dir = Path(self.cfg["distill"].get("cache_dir") or self.run_dir / "teacher_scores")
             session = TeacherSession(self.cfg["teacher"], path, self.cfg["distill"], cache_dir, self.console)
+            self.teacher_family = session.family
             try:
                 source = {"view": "train", "file": str(data["train"]), "sha256": sha256_file(data["train"]),
                           "format": self.format, "label_key": label_key if self.format in ("pointwise", "grouped") else None}
@@ -535,10 +537,10 @@ class ScoreDistillTask(_DistillBase):
                 self.scores, prov = session.scores(source, train_groups, offsets)
                 provenance = {"source": "model", "train": prov}
                 rows = self._eval_file_rows()
-                if rows and k:
-                    rows = rows[:k]
+                if rows and self.cfg["distill"]["agreement_queries"] > 0:
+                    rows = rows[: self.cfg["distill"]["agreement_queries"]]
                     eval_offsets = np.concatenate([[0], np.cumsum([len(r["positive"]) + len(r["negative"]) for r in rows])])
-                    eval_source = {"view": f"eval[:{k}]", "file": str(data["eval"]), "sha256": sha256_file(data["eval"])}
+                    eval_source = {"view": f"eval[:{len(rows)}]", "file": str(data["eval"]), "sha256": sha256_file(data["eval"])}
                     groups = lambda: ((r["query"], r["positive"] + r["negative"]) for r in rows)  # noqa: E731
                     eval_scores, provenance["eval"] = session.scores(eval_source, groups, eval_offsets)
                     self.agreement_set = ([(r.get("prompt") or "") + r["query"] for r in rows],
@@ -596,11 +598,13 @@ class ScoreDistillTask(_DistillBase):
 
     def build_loss(self):
         from ragr.losses import build_loss
-        from ragr.losses.distill import STUDENT_TEMPERATURE, ScoreDistillLoss
+        from ragr.losses.distill import NATURAL_TEMPERATURE, ScoreDistillLoss
 
         node = dict(self.cfg["loss"])
-        if "temperature" in node and node["temperature"] is None:
-            node["temperature"] = STUDENT_TEMPERATURE.get(self.family, 1.0)
+        if "temperature" in node and node["temperature"] is None:  # the natural scale of the student's scores
+            node["temperature"] = NATURAL_TEMPERATURE.get(self.family, 1.0)
+        if "teacher_temperature" in node and node["teacher_temperature"] is None:  # ... and of the teacher's
+            node["teacher_temperature"] = NATURAL_TEMPERATURE.get(self.teacher_family or "", 1.0)
         loss = build_loss(node)
         if not isinstance(loss, ScoreDistillLoss):
             raise UserError(f"loss '{node['name']}' is not a score-distillation loss ({', '.join(SCORE_LOSSES)})")
