@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                 table.add_row(group, ", ".join(group_options(group)))
             console.print(table)
         if what in ("all", "recipes"):
-            table = Table(title="recipes (ragr train recipe=NAME)")
+            table = Table(title="recipes (ragr train|distill recipe=NAME; see each command)")
             table.add_column("name")
             table.add_column("command")
             for p in sorted((CONF_DIR / "recipe").glob("*.yaml")):

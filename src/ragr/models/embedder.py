@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ragr.models.lora import merged_lora_state
+
 POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 
 
@@ -242,7 +244,7 @@ class Embedder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if hasattr(self.backbone, "get_base_model"):  # LoRA: save merged weights, so the folder is a plain model
-            self.backbone.get_base_model().save_pretrained(path, state_dict=_merged_lora_state(self.backbone))
+            self.backbone.get_base_model().save_pretrained(path, state_dict=merged_lora_state(self.backbone))
         else:
             self.backbone.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
@@ -278,23 +280,6 @@ class Embedder(nn.Module):
             indent=2,
         ))
         (path / "ragr.json").write_text(json.dumps({"family": self.family}, indent=2))
-
-
-def _merged_lora_state(peft_model) -> dict[str, torch.Tensor]:
-    """The base model's state dict with every LoRA delta added to its weight (plain key names), leaving the
-    live model untouched: saving mid-training (the best checkpoint) must not end LoRA training."""
-    from peft.tuners.lora import LoraLayer
-
-    base = peft_model.get_base_model()
-    state = dict(base.state_dict())
-    with torch.no_grad():
-        for name, module in base.named_modules():
-            if isinstance(module, LoraLayer) and f"{name}.base_layer.weight" in state:
-                key = f"{name}.base_layer.weight"
-                for adapter in module.active_adapters:
-                    if adapter in module.lora_A and adapter not in getattr(module, "merged_adapters", []):
-                        state[key] = state[key] + module.get_delta_weight(adapter).to(state[key].dtype)
-    return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
 
 
 def _load_dense(path: Path) -> nn.Linear:

@@ -210,11 +210,13 @@ class LLMReranker(nn.Module, Scorer):
         """Write the model (LoRA merged, or the peft adapter when ``merge_lora`` is False), tokenizer, ``ragr.json``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        model = self.backbone
-        if hasattr(model, "merge_and_unload") and self.merge_lora:
-            model = model.merge_and_unload()
-            self.backbone = model
-        model.save_pretrained(path)
+        if hasattr(self.backbone, "get_base_model") and self.merge_lora:
+            # merged weights written without merging the live model: a mid-training save keeps LoRA training
+            from ragr.models.lora import merged_lora_state
+
+            self.backbone.get_base_model().save_pretrained(path, state_dict=merged_lora_state(self.backbone))
+        else:
+            self.backbone.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         meta = {"family": self.family, "max_length": self.max_length, "prompt": self.prompt.to_dict()}
         (path / "ragr.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
