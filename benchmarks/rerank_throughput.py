@@ -123,11 +123,15 @@ def systems(path: str, device: str, a) -> dict:
 
     st = STCrossEncoder(path, device=device)
     ident = torch.nn.Identity()
+    ragr = {dt: Reranker(path, device=device, dtype=dt, max_tokens=a.max_tokens) for dt in ("fp32", "bf16")}
+    for rr in ragr.values():
+        if a.batch_overhead is not None:  # the fixed cost of a forward pass, in tokens, that the batch cut assumes
+            rr.batch_overhead = a.batch_overhead
     out = {
         "sentence-transformers fp32": lambda pairs: list(st.predict(pairs, activation_fn=ident, batch_size=a.st_batch_size,
                                                                     show_progress_bar=False)),
-        "ragr fp32": Reranker(path, device=device, dtype="fp32", max_tokens=a.max_tokens).score,
-        "ragr bf16": Reranker(path, device=device, dtype="bf16", max_tokens=a.max_tokens).score,
+        "ragr fp32": ragr["fp32"].score,
+        "ragr bf16": ragr["bf16"].score,
     }
     if a.st_bf16:  # sentence-transformers in bf16 too (the GPU comparison)
         st16 = STCrossEncoder(path, device=device, model_kwargs={"dtype": torch.bfloat16})
@@ -149,17 +153,18 @@ def systems(path: str, device: str, a) -> dict:
 
 
 def padded_tokens(lengths: list[int], pairs: list[tuple[str, str]], device: str, max_tokens: int | None,
-                  st_batch: int) -> dict[str, int]:
+                  st_batch: int, overhead: int | None = None) -> dict[str, int]:
     """Tokens each batching pushes through the model, padding included (no timing; explains the gap)."""
     from ragr.infer.base import token_batches
     from ragr.infer.reranker import BATCH_OVERHEAD, MAX_TOKENS
 
     kind = "cpu" if device == "cpu" else "other"
-    batches = token_batches(lengths, max_tokens or MAX_TOKENS[kind], None, BATCH_OVERHEAD[kind])
+    batches = token_batches(lengths, max_tokens or MAX_TOKENS[kind], None,
+                            BATCH_OVERHEAD[kind] if overhead is None else overhead)
     ragr = sum(len(b) * max(lengths[k] for k in b) for b in batches)
     by_chars = sorted(range(len(pairs)), key=lambda k: -(len(pairs[k][0]) + len(pairs[k][1])))  # as ST sorts
     st = sum(len(b) * max(lengths[k] for k in b) for b in (by_chars[i : i + st_batch] for i in range(0, len(pairs), st_batch)))
-    return {"real": sum(lengths), "ragr": ragr, "sentence-transformers": st}
+    return {"real": sum(lengths), "ragr": ragr, "sentence-transformers": st, "batches": len(batches)}
 
 
 def top_k_identity(a: list[float], b: list[float], per_query: int, k: int = 10) -> float:
@@ -210,6 +215,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model-size", choices=("minilm", "base"), default="minilm")
     ap.add_argument("--max-tokens", type=int, default=None, help="ragr: padded tokens per forward pass (default: ragr's)")
+    ap.add_argument("--batch-overhead", type=int, default=None,
+                    help="ragr: fixed cost of a forward pass in tokens for the batch cut (default: ragr's, 64 on CPU)")
     ap.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers predict batch size (its default)")
     ap.add_argument("--with-rag-retrieval", action="store_true")
     ap.add_argument("--st-bf16", action="store_true", help="also run sentence-transformers in bf16 (for GPU runs)")
@@ -293,9 +300,10 @@ def main() -> None:
         ident = top_k_identity(scores["ragr bf16"], scores["ragr fp32"], a.docs_per_query, k)
         print(f"ragr bf16 vs fp32: top-{k} order identical on {ident:.1%} of {len(groups)} queries; "
               f"max |score difference| {float(np.abs(bf16 - fp32).max()):.2e}")
-        pad = padded_tokens(lengths, pairs, a.device, a.max_tokens, a.st_batch_size)
+        pad = padded_tokens(lengths, pairs, a.device, a.max_tokens, a.st_batch_size, a.batch_overhead)
         print(f"tokens through the model, padding included: ragr {pad['ragr']} ({pad['ragr'] / pad['real'] - 1:+.1%} padding), "
-              f"sentence-transformers {pad['sentence-transformers']} ({pad['sentence-transformers'] / pad['real'] - 1:+.1%})")
+              f"sentence-transformers {pad['sentence-transformers']} ({pad['sentence-transformers'] / pad['real'] - 1:+.1%}); "
+              f"ragr forward passes: {pad['batches']}")
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
 

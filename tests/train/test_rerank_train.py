@@ -58,7 +58,7 @@ def test_grouped_data_with_pairwise_loss(tiny_bert, tmp_path):
     (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = train("task=reranker", "loss=pairwise", f"model.name_or_path={tiny_bert}", "model.max_length=32",
                 "trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_before=false", "trainer.eval_after=false",
-                f"data.train={tmp_path / 'g.jsonl'}", "+data.label_key=grade", "data.num_negatives=2", f"output_dir={tmp_path / 'run'}")
+                f"data.train={tmp_path / 'g.jsonl'}", "data.label_key=grade", "data.num_negatives=2", f"output_dir={tmp_path / 'run'}")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "model" / "ragr.json").is_file()
 

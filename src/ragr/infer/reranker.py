@@ -42,7 +42,9 @@ class Reranker:
         family: ``cross_encoder``, ``llm_seqcls``, ``llm_yes``, ``embedder``, ``colbert`` or a registered
             family; None reads it from the model's files (:func:`ragr.infer.detect.detect_family`).
         device: torch device; None: CUDA when available, else CPU.
-        dtype: ``fp32`` (default), ``bf16`` or ``fp16``; scores are returned in fp32 whatever the dtype.
+        dtype: ``fp32`` (default), ``bf16`` or ``fp16``; scores are returned in fp32 whatever the dtype
+            (cross-encoders keep their head in fp32). bf16 pays off on GPUs and on CPUs whose bf16 matrix
+            products outrun fp32 (AMX); where the CPU only has avx512_bf16 it can be slower than fp32.
         max_length: input length in tokens; None: the model's own (or its preset's).
         long_doc: ``truncate`` (cut what does not fit) or ``max-chunk`` (score overlapping windows of
             the document that fit beside the query, keep the max).
