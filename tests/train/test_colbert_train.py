@@ -102,3 +102,16 @@ def test_own_group_loss_equals_full_matrix_loss_without_in_batch(tiny_bert_nodro
     short = loss_fn.score_loss(ColBERTTask._own_group_scores(model, qv, q["token_mask"], dv, d["token_mask"]))
     full = loss_fn.score_loss(model.score_matrix(qv, q["token_mask"], dv, d["token_mask"]))
     torch.testing.assert_close(short["loss"], full["loss"])
+
+
+def test_chunked_token_vectors_equal_one_padded_forward(tiny_bert_nodropout):
+    from ragr.models.colbert import ColBERT
+    from ragr.train.colbert_task import ColBERTTask
+
+    model = ColBERT.from_pretrained(tiny_bert_nodropout, dim=8, max_doc_length=64).eval()
+    texts = ["short", "a much longer document " * 6, "mid sized text here", "x"]
+    feats = model.tokenize(texts, is_query=False)
+    with torch.no_grad():
+        plain = model(**feats)
+        chunked = ColBERTTask.embed(model, feats, chunk_size=2)
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-4)

@@ -29,10 +29,34 @@ class ColBERTTask(EmbedderTask):
                             "use a loss that scores a similarity matrix (loss=infonce)")
         return loss
 
+    @staticmethod
+    def embed(model, feats: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
+        """Token vectors for padded ``feats``, computed in length-sorted chunks trimmed to their own length.
+
+        Each chunk runs only up to its longest text (attended or scored token), then is zero-padded back
+        to the batch length: the same vectors as one padded forward, without the padding's cost.
+        """
+        used = feats["attention_mask"].bool() | feats["token_mask"].bool()
+        positions = torch.arange(used.shape[1], device=used.device)
+        lengths = (used.long() * (positions + 1)).amax(1)
+        order = torch.argsort(lengths)
+        width = used.shape[1]
+        parts = []
+        for start in range(0, len(order), chunk_size):
+            idx = order[start : start + chunk_size]
+            n = int(lengths[idx].max())
+            out = model(**{k: v[idx, :n] for k, v in feats.items()})
+            parts.append(torch.nn.functional.pad(out, (0, 0, 0, width - n)))
+        vecs = torch.cat(parts)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return vecs[inverse]
+
     def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
         q = {k: v.to(device) for k, v in unwrapped.tokenize(batch["queries"], is_query=True).items()}
         d = {k: v.to(device) for k, v in unwrapped.tokenize(batch["docs"], is_query=False).items()}
-        q_vecs, d_vecs = model(**q), model(**d)
+        chunk = self.cfg["trainer"]["chunk_size"]
+        q_vecs, d_vecs = self.embed(model, q, chunk), self.embed(model, d, chunk)
         false_negatives = batch["false_negatives"].to(device)
         if getattr(loss_fn, "in_batch_negatives", True):
             scores = unwrapped.score_matrix(q_vecs, q["token_mask"], d_vecs, d["token_mask"])
