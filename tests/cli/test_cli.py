@@ -88,3 +88,10 @@ def test_eval_writes_metrics_json(tmp_path, tiny_bert, data_dir):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert {"map", "mrr@10", "ndcg@10"} <= set(report["metrics"])
     assert report["metrics"]["num_queries"] == 12
+
+
+def test_eval_uses_the_configured_family_on_a_plain_backbone(tmp_path, tiny_bert, data_dir):
+    res = invoke("eval", "model=colbert", f"model.name_or_path={tiny_bert}", f"data.eval={data_dir / 'dev.jsonl'}",
+                 f"output_dir={tmp_path}", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "eval.json").read_text())["family"] == "colbert"

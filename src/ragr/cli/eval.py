@@ -67,11 +67,19 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_family(model_cfg: dict) -> str:
-    """The family to evaluate: read from the model's files when name_or_path is a saved model, else the config's."""
+    """The family to evaluate: read from the model's files when name_or_path is a saved model, else the config's.
+
+    A non-default family chosen in the config (``model=colbert`` on a plain backbone) wins over what the
+    files look like, unless the folder was saved by ragr for a family (its ``ragr.json``) or holds a
+    ColBERT head: then the files are authoritative.
+    """
     from ragr.errors import UserError
     from ragr.infer.detect import detect_family
 
     path = Path(str(model_cfg["name_or_path"])).expanduser()
+    saved_for_a_family = (path / "ragr.json").is_file() or (path / "colbert_linear.pt").is_file()
+    if model_cfg["family"] != "embedder" and not saved_for_a_family:
+        return model_cfg["family"]
     if path.is_dir():
         try:
             return detect_family(path)
