@@ -22,6 +22,7 @@ it like any loss (scaling by gradient accumulation, GradScaler, DDP ``no_sync`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -85,20 +86,12 @@ class _Side:
             n = feats["input_ids"].shape[0]
             last = sync_last and c == len(self.chunks) - 1
             no_sync = getattr(self.forward, "no_sync", None)  # DDP: all-reduce once, on the step's last chunk
-            ctx = no_sync() if no_sync is not None and not last else _null()
+            ctx = no_sync() if no_sync is not None and not last else nullcontext()
             with ctx:
                 _set_rng_state(self.states[c], self.device)
                 out = self._run(feats)
                 torch.autograd.backward(out, grad[at : at + n].to(out.dtype))
             at += n
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def cached_step(forward, unwrapped, loss_fn: Callable[..., dict[str, torch.Tensor]], queries: Sequence[str],
