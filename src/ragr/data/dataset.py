@@ -12,17 +12,14 @@ from ragr.data.jsonl import JsonlIndex
 from ragr.losses.gather import text_key
 
 
-class ContrastiveDataset:
-    """Map-style dataset over a validated JSONL index.
+class EpochDataset:
+    """A map-style dataset over a JSONL index whose items are re-sampled per epoch by ``rng(i)``.
 
-    Item ``i`` in epoch ``e`` draws one positive and ``num_negatives`` hard negatives with an RNG
-    seeded by ``(seed, e, i)``: negatives are re-sampled every epoch, identically on every rank and
-    after a resume. A query's positives are never drawn as its negatives.
+    ``rng(i)`` is seeded by ``(seed, epoch, i)``: identical on every rank and after a resume.
     """
 
-    def __init__(self, index: JsonlIndex, num_negatives: int, seed: int = 0, use_negatives: bool = True) -> None:
-        self.index, self.num_negatives, self.seed = index, num_negatives, seed
-        self.use_negatives = use_negatives
+    def __init__(self, index: JsonlIndex, seed: int = 0) -> None:
+        self.index, self.seed = index, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -31,13 +28,29 @@ class ContrastiveDataset:
     def __len__(self) -> int:
         return len(self.index)
 
+    def rng(self, i: int) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{i}")
+
+
+class ContrastiveDataset(EpochDataset):
+    """Map-style dataset over a validated JSONL index.
+
+    Item ``i`` in epoch ``e`` draws one positive and ``num_negatives`` hard negatives with an RNG
+    seeded by ``(seed, e, i)``: negatives are re-sampled every epoch, identically on every rank and
+    after a resume. A query's positives are never drawn as its negatives.
+    """
+
+    def __init__(self, index: JsonlIndex, num_negatives: int, seed: int = 0, use_negatives: bool = True) -> None:
+        super().__init__(index, seed)
+        self.num_negatives, self.use_negatives = num_negatives, use_negatives
+
     @property
     def group_size(self) -> int:
         return 1 + (self.num_negatives if self.use_negatives else 0)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.index[i]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        rng = self.rng(i)
         query = (rec.get("prompt") or "") + rec["query"]
         positives = rec["pos"]
         pos_set = {_norm(p) for p in positives}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ragr.data.dataset import EpochDataset
 from ragr.data.formats import _norm, make_checker
 from ragr.data.jsonl import JsonlIndex, iter_jsonl, require_str
 from ragr.errors import DataError
@@ -106,7 +107,7 @@ def _pick(rng: random.Random, pool: list, k: int) -> list:
     return rng.sample(pool, k) if len(pool) >= k else rng.choices(pool, k=k)
 
 
-class RerankDataset:
+class RerankDataset(EpochDataset):
     """Map-style dataset of scored groups over a validated reranker JSONL index.
 
     Item ``i`` is ``{"query", "docs", "labels"}`` with ``1 + num_negatives`` candidates (one for
@@ -117,15 +118,8 @@ class RerankDataset:
 
     def __init__(self, index: JsonlIndex, fmt: str, num_negatives: int = 3, seed: int = 0,
                  label_key: str = "label") -> None:
-        self.index, self.fmt, self.num_negatives = index, fmt, num_negatives
-        self.seed, self.label_key = seed, label_key
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.index)
+        super().__init__(index, seed)
+        self.fmt, self.num_negatives, self.label_key = fmt, num_negatives, label_key
 
     @property
     def group_size(self) -> int:
@@ -133,7 +127,7 @@ class RerankDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.index[i]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        rng = self.rng(i)
         query = (rec.get("prompt") or "") + rec["query"]
         n = self.num_negatives
         if self.fmt == "pointwise":

@@ -220,3 +220,20 @@ def token_windows(tokenizer: Any, text: str, size: int, overlap: int) -> list[st
         if end == len(ids):
             break
     return out
+
+
+class ModuleScorer(Scorer):
+    """:meth:`Scorer.score_pairs` for ``nn.Module`` scorers whose ``tokenize(queries, docs)`` feeds
+    ``forward(**features) -> scores [N]`` (cross-encoders, LLM rerankers)."""
+
+    def score_pairs(self, queries: list[str], docs: list[str]) -> list[float]:
+        import torch
+
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            feats = {k: v.to(device) for k, v in self.tokenize(queries, docs).items()}
+            scores = self(**feats).float().cpu().tolist()
+        self.train(was_training)
+        return scores

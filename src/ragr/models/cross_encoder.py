@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ragr.infer.base import Scorer
+from ragr.infer.base import ModuleScorer
 
 
 def _read_ragr_json(path: Path) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def default_max_length(tokenizer, config, cap: int = 512) -> int:
     return min(limits)
 
 
-class CrossEncoder(nn.Module, Scorer):
+class CrossEncoder(nn.Module, ModuleScorer):
     """A BERT-family cross-encoder scoring a (query, document) pair with one logit.
 
     Args:
@@ -117,16 +117,6 @@ class CrossEncoder(nn.Module, Scorer):
         if logits.shape[-1] == 2:
             return logits[:, 1] - logits[:, 0]
         raise ValueError(f"a cross-encoder needs 1 or 2 labels, this one has {logits.shape[-1]}")
-
-    @torch.inference_mode()
-    def score_pairs(self, queries: list[str], docs: list[str]) -> list[float]:
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        feats = {k: v.to(device) for k, v in self.tokenize(queries, docs).items()}
-        scores = self(**feats).float().cpu().tolist()
-        self.train(was_training)
-        return scores
 
     def tokenize_pairs(self, queries: list[str], docs: list[str]) -> list[dict[str, list[int]]]:
         """Each pair's token ids (and token types), unpadded, truncated longest-first to ``max_length``."""

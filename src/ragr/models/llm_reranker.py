@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ragr.errors import UserError
-from ragr.infer.base import Scorer
+from ragr.infer.base import ModuleScorer
 from ragr.infer.presets import DEFAULT_SEQCLS, DEFAULT_YES, PromptFormat
 
 
@@ -28,7 +28,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-class LLMReranker(nn.Module, Scorer):
+class LLMReranker(nn.Module, ModuleScorer):
     """A decoder scoring a (query, document) pair, by a classification head or by the "yes" logit.
 
     Args:
@@ -194,16 +194,6 @@ class LLMReranker(nn.Module, Scorer):
         if self.no_id is not None:
             score = score - logits[:, self.no_id]
         return score
-
-    @torch.no_grad()
-    def score_pairs(self, queries: list[str], docs: list[str]) -> list[float]:
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        feats = {k: v.to(device) for k, v in self.tokenize(queries, docs).items()}
-        scores = self(**feats).float().cpu().tolist()
-        self.train(was_training)
-        return scores
 
     # ---- saving -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
