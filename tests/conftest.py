@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,27 @@ def tiny_models(tiny_bert, tiny_llama) -> dict[str, str]:
     """A tiny model directory per family (backbones: the from_pretrained of each family adds its head)."""
     return {"embedder": tiny_bert, "colbert": tiny_bert, "cross_encoder": tiny_bert,
             "llm_seqcls": tiny_llama, "llm_yes": tiny_llama}
+
+
+@pytest.fixture
+def interrupt_after_checkpoint(monkeypatch):
+    """``with interrupt_after_checkpoint(step):`` the engine raises KeyboardInterrupt right after writing
+    checkpoint ``step`` — a run killed between two checkpoints."""
+    from ragr.train.engine import Engine
+
+    original = Engine._save_checkpoint
+
+    @contextmanager
+    def arm(step: int):
+        def crash(self, s, epoch):
+            original(self, s, epoch)
+            if s == step:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Engine, "_save_checkpoint", crash)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(Engine, "_save_checkpoint", original)
+
+    return arm

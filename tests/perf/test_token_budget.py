@@ -96,7 +96,7 @@ def test_example_costs_count_the_expected_tokens(tiny_bert, data_dir, tmp_path):
     np.testing.assert_allclose(costs, want)
 
 
-def test_training_takes_budgeted_batches_and_resumes_exactly(tiny_bert, data_dir, tmp_path, monkeypatch):
+def test_training_takes_budgeted_batches_and_resumes_exactly(tiny_bert, data_dir, tmp_path, monkeypatch, interrupt_after_checkpoint):
     sizes = []
     real = Engine._micro_batch
 
@@ -112,17 +112,8 @@ def test_training_takes_budgeted_batches_and_resumes_exactly(tiny_bert, data_dir
     assert 1 < max(sizes) < 24  # set by the budget (~200 / ~35 tokens an example), not batch_size (32: all 24 rows)
     monkeypatch.setattr(Engine, "_micro_batch", real)
 
-    original = Engine._save_checkpoint
-
-    def crash_after_step_2(self, step, epoch):
-        original(self, step, epoch)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Engine, "_save_checkpoint", crash_after_step_2)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after_checkpoint(2), pytest.raises(KeyboardInterrupt):
         run_local(compose_config("train", base + [f"output_dir={tmp_path / 'resumed'}"]), quiet=True)
-    monkeypatch.setattr(Engine, "_save_checkpoint", original)
     run_local(compose_config("train", base + [f"output_dir={tmp_path / 'resumed'}", "trainer.resume=auto"]), quiet=True)
     a = load_file(f"{tmp_path / 'full'}/model/model.safetensors")
     b = load_file(f"{tmp_path / 'resumed'}/model/model.safetensors")

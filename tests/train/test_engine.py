@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from ragr.config import compose_config
 from ragr.errors import UserError
 from ragr.launch.local import run_local
-from ragr.train.engine import Engine
 
 
 def train(overrides):
@@ -41,24 +40,15 @@ def test_batch8_accum1_equals_batch4_accum2(tiny_bert_nodropout, data_dir, tmp_p
     assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_bert, data_dir, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_weights(tiny_bert, data_dir, tmp_path, interrupt_after_checkpoint):
     # the tiny model has dropout, so equality also needs the RNG state restored from the checkpoint
     common = [f"model.name_or_path={tiny_bert}", f"data.train={data_dir / 'train.jsonl'}", "data.eval=null",
               "trainer.max_steps=5", "trainer.batch_size=4", "trainer.save_every=2", "trainer.save_total_limit=5",
               "model.max_doc_length=32"]
     train(common + [f"output_dir={tmp_path / 'full'}"])
 
-    original = Engine._save_checkpoint
-
-    def crash_after_step_2(self, step, epoch):
-        original(self, step, epoch)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Engine, "_save_checkpoint", crash_after_step_2)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after_checkpoint(2), pytest.raises(KeyboardInterrupt):
         train(common + [f"output_dir={tmp_path / 'resumed'}"])
-    monkeypatch.setattr(Engine, "_save_checkpoint", original)
     assert not (tmp_path / "resumed" / "model").exists()
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-2"]
 
