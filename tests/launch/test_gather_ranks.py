@@ -54,6 +54,7 @@ RANK_SCRIPT = textwrap.dedent('''
     (w * y).sum().backward()
     torch.save({"loss": loss.detach(), "unmasked": unmasked, "grads": [p.grad for p in enc.parameters()],
                 "gathered": y.detach(), "offset": offset, "x_grad": x.grad}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # both ranks done with every collective before gloo is torn down
     dist.destroy_process_group()
 ''')
 
