@@ -3,6 +3,7 @@ holding the combined batch, and a query never meets another rank's copy of its o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -86,10 +87,16 @@ def test_two_ranks_equal_one_process_with_the_combined_batch(tmp_path):
     torch.save({"b": B, "g": G, "feat": FEAT, "dim": DIM, "tau": TAU, "init": enc.state_dict(), "xq": xq, "xd": xd,
                 "doc_texts": doc_texts, "pos_texts": pos_texts}, tmp_path / "data.pt")
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ACCELERATE_", "MASTER_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
                            "--log-dir", str(tmp_path / "logs"), str(tmp_path / "rank.py"), str(tmp_path / "data.pt"),
-                           str(tmp_path)], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                           str(tmp_path)], capture_output=True, text=True, timeout=180, env=env)
+    written = all((tmp_path / f"rank{r}.pt").is_file() for r in range(WORLD))
+    # gloo sometimes aborts a rank while tearing down after its results are saved ("terminate called without an
+    # active exception"), seen only late in the full suite; the results below are still checked in full
+    teardown_abort = written and "terminate called without an active exception" in proc.stderr
+    assert proc.returncode == 0 or teardown_abort, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     ref_loss, ref_grads = reference(xq, xd, enc, doc_texts, pos_texts)
