@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
 from ragr.models.lora import merged_lora_state
 
 POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
@@ -189,28 +190,34 @@ class Embedder(nn.Module):
         )
 
     def embed(self, texts: Sequence[str], is_query: bool, forward=None, chunk_size: int = 32) -> torch.Tensor:
-        """Embed ``texts`` with gradients, in length-sorted chunks of ``chunk_size`` to cut padding.
+        """Embed ``texts`` with gradients, in length-planned chunks of at most ``chunk_size`` to cut padding.
 
-        Each chunk is padded only to its own longest text; with attention masks the result equals one
-        plainly padded forward (see tests). ``forward`` is the (possibly DDP-wrapped) module to call.
+        Each chunk is padded only to its own longest text and all chunks share one input-embedding
+        lookup (see :mod:`ragr.models.chunking`); with attention masks the result equals one plainly
+        padded forward (see tests). ``forward`` is the (possibly DDP-wrapped) module to call.
         """
         forward = forward or self
-        prompt = self.query_prompt if is_query else self.doc_prompt
-        max_len = self.max_query_length if is_query else self.max_doc_length
-        enc = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)
-        ids, masks = enc["input_ids"], enc["attention_mask"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         device = next(self.parameters()).device
-        parts = []
-        for start in range(0, len(order), chunk_size):
-            idx = order[start : start + chunk_size]
-            feats = self.tokenizer.pad({"input_ids": [ids[i] for i in idx], "attention_mask": [masks[i] for i in idx]},
-                                       return_tensors="pt")
-            parts.append(forward(input_ids=feats["input_ids"].to(device), attention_mask=feats["attention_mask"].to(device)))
+        order, chunks = self.chunk_features(texts, is_query, chunk_size, chunk_overhead(device))
+        ids = [c["input_ids"].to(device) for c in chunks]
+        with shared_input_embeddings(input_embedding_to_share(self, forward), ids):
+            parts = [forward(input_ids=i, attention_mask=c["attention_mask"].to(device)) for i, c in zip(ids, chunks)]
         out = torch.cat(parts)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return out[inverse.to(out.device)]
+
+    def chunk_features(self, texts: Sequence[str], is_query: bool, chunk_size: int,
+                       overhead: int) -> tuple[list[int], list[dict]]:
+        """``(order, chunks)``: the chunk plan's order of ``texts`` and each chunk's padded features."""
+        prompt = self.query_prompt if is_query else self.doc_prompt
+        max_len = self.max_query_length if is_query else self.max_doc_length
+        enc = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)
+        ids, masks = enc["input_ids"], enc["attention_mask"]
+        plan = plan_chunks([len(x) for x in ids], chunk_size, overhead)
+        chunks = [self.tokenizer.pad({"input_ids": [ids[i] for i in idx], "attention_mask": [masks[i] for i in idx]},
+                                     return_tensors="pt") for idx in plan]
+        return [i for idx in plan for i in idx], chunks
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
 from ragr.train.tasks import EmbedderTask
 
 
@@ -30,24 +31,27 @@ class ColBERTTask(EmbedderTask):
         return loss
 
     @staticmethod
-    def embed(model, feats: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
-        """Token vectors for padded ``feats``, computed in length-sorted chunks trimmed to their own length.
+    def embed(model, feats: dict[str, torch.Tensor], chunk_size: int, unwrapped=None) -> torch.Tensor:
+        """Token vectors for padded ``feats``, computed in length-planned chunks trimmed to their own length.
 
         Each chunk runs only up to its longest text (attended or scored token), then is zero-padded back
-        to the batch length: the same vectors as one padded forward, without the padding's cost.
+        to the batch length: the same vectors as one padded forward, without the padding's cost. The
+        chunks share one input-embedding lookup (see :mod:`ragr.models.chunking`).
         """
         used = feats["attention_mask"].bool() | feats["token_mask"].bool()
         positions = torch.arange(used.shape[1], device=used.device)
         lengths = (used.long() * (positions + 1)).amax(1)
-        order = torch.argsort(lengths)
+        plan = plan_chunks(lengths.tolist(), chunk_size, chunk_overhead(used.device))
         width = used.shape[1]
-        parts = []
-        for start in range(0, len(order), chunk_size):
-            idx = order[start : start + chunk_size]
-            n = int(lengths[idx].max())
-            out = model(**{k: v[idx, :n] for k, v in feats.items()})
-            parts.append(torch.nn.functional.pad(out, (0, 0, 0, width - n)))
-        vecs = torch.cat(parts)
+        cuts = []
+        for idx in plan:
+            rows = torch.tensor(idx, device=used.device)
+            cuts.append({k: v[rows, : int(lengths[rows].max())] for k, v in feats.items()})
+        share = input_embedding_to_share(unwrapped if unwrapped is not None else model, model)
+        with shared_input_embeddings(share, [c["input_ids"] for c in cuts]):
+            parts = [model(**c) for c in cuts]
+        vecs = torch.cat([torch.nn.functional.pad(out, (0, 0, 0, width - out.shape[1])) for out in parts])
+        order = torch.tensor([i for idx in plan for i in idx], device=used.device)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return vecs[inverse]
@@ -56,7 +60,7 @@ class ColBERTTask(EmbedderTask):
         q = {k: v.to(device) for k, v in unwrapped.tokenize(batch["queries"], is_query=True).items()}
         d = {k: v.to(device) for k, v in unwrapped.tokenize(batch["docs"], is_query=False).items()}
         chunk = self.cfg["trainer"]["chunk_size"]
-        q_vecs, d_vecs = self.embed(model, q, chunk), self.embed(model, d, chunk)
+        q_vecs, d_vecs = self.embed(model, q, chunk, unwrapped), self.embed(model, d, chunk, unwrapped)
         false_negatives = batch["false_negatives"].to(device)
         if getattr(loss_fn, "in_batch_negatives", True):
             scores = unwrapped.score_matrix(q_vecs, q["token_mask"], d_vecs, d["token_mask"])

@@ -27,23 +27,7 @@ from typing import Any
 
 import torch
 
-
-def chunk_features(unwrapped, texts: Sequence[str], is_query: bool, chunk_size: int) -> tuple[list[int], list[dict]]:
-    """``(order, chunks)``: the length-sorted order of ``texts`` and each chunk's padded features.
-
-    The same cut as :meth:`Embedder.embed` (so pass 1 draws the same dropout masks as a plain step).
-    """
-    prompt = unwrapped.query_prompt if is_query else unwrapped.doc_prompt
-    max_len = unwrapped.max_query_length if is_query else unwrapped.max_doc_length
-    enc = unwrapped.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)
-    ids, masks = enc["input_ids"], enc["attention_mask"]
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    chunks = []
-    for start in range(0, len(order), chunk_size):
-        idx = order[start : start + chunk_size]
-        chunks.append(unwrapped.tokenizer.pad({"input_ids": [ids[i] for i in idx], "attention_mask": [masks[i] for i in idx]},
-                                              return_tensors="pt"))
-    return order, chunks
+from ragr.models.chunking import chunk_overhead
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,7 +46,8 @@ class _Side:
 
     def __init__(self, forward, unwrapped, texts: Sequence[str], is_query: bool, chunk_size: int, device) -> None:
         self.forward, self.device = forward, device
-        self.order, self.chunks = chunk_features(unwrapped, texts, is_query, chunk_size)
+        # the same cut as Embedder.embed (so pass 1 draws the same dropout masks as a plain step)
+        self.order, self.chunks = unwrapped.chunk_features(texts, is_query, chunk_size, chunk_overhead(device))
         self.states = []
         parts = []
         with torch.no_grad():
