@@ -10,11 +10,19 @@ Every system scores the same pairs in the same process, runs interleaved, ``--re
 warm-up; the table shows median real (unpadded) tokens/s and the ratio to sentence-transformers fp32.
 Checks: ragr fp32 scores equal sentence-transformers' to 1e-5; the rate of queries whose top-10
 order under bf16 equals fp32's. ``--with-rag-retrieval`` adds RAG-Retrieval's ``rag_retrieval``
-library (skipped with a note if it is not importable; install it in a separate venv).
+library (``Reranker(path, model_type="cross-encoder", dtype="fp32")`` then ``compute_score(pairs,
+batch_size, max_length=512)``: raw logits, no sigmoid, the same as ragr's scores and the same model dir). It
+runs in a child process under ``--rag-retrieval-python`` (default: this interpreter), so it can live in its
+own venv and ragr's stays free of it; the child times its own ``compute_score`` calls, interleaved with the
+other systems. Skipped with a note if that interpreter cannot import ``rag_retrieval``. Set-up:
+``python3 -m venv /work/rr-venv && /work/rr-venv/bin/pip install torch==2.13.0 && /work/rr-venv/bin/pip install
+rag-retrieval==0.2.2 transformers==5.24.0 tokenizers==0.23.3 numpy`` (torch first, so the CPU wheel is kept;
+transformers and tokenizers as in ragr's venv, so both run the same model code).
 ``--memory`` also runs ``ragr rerank`` (the CLI, streaming) on 1k and ``--memory-pairs`` pairs in
 subprocesses and prints each one's peak RSS.
 
-Usage: python benchmarks/rerank_throughput.py [--pairs 1000] [--repeats 5] [--with-rag-retrieval] [--memory]
+Usage: python benchmarks/rerank_throughput.py [--pairs 1000] [--repeats 5] [--memory]
+       [--with-rag-retrieval [--rag-retrieval-python /work/rr-venv/bin/python] [--rag-retrieval-batch-size 32]]
 """
 
 from __future__ import annotations
@@ -114,6 +122,122 @@ def build_model(out: Path, size: str) -> Path:
 
 
 # ---- systems --------------------------------------------------------------------------------------
+class RagRetrievalRunner:
+    """RAG-Retrieval's cross-encoder ``compute_score`` in a child process (``rag_retrieval_child``).
+
+    Called like the other systems (``runner(pairs) -> scores``); ``last_seconds`` is the child's own time of
+    that ``compute_score`` call, so the pipe and JSON costs are not counted against it.
+    """
+
+    def __init__(self, proc: subprocess.Popen, hello: dict, python: str):
+        self.proc, self.python = proc, python
+        self.version, self.versions = hello["version"], hello["versions"]
+        self.name = f"rag-retrieval {self.version} fp32"
+        self.last_seconds: float | None = None
+
+    @classmethod
+    def start(cls, python: str, path: str, device: str, batch_size: int) -> RagRetrievalRunner | None:
+        """The runner, or ``None`` after a note when ``python`` cannot run or import ``rag_retrieval``."""
+        cmd = [python, os.path.abspath(__file__), "--rag-retrieval-child", path, "--device", device,
+               "--rag-retrieval-batch-size", str(batch_size)]
+        err = tempfile.TemporaryFile(mode="w+")
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        except OSError as exc:
+            print(f"note: --with-rag-retrieval: cannot run {python} ({exc}); skipped.")
+            return None
+        line = proc.stdout.readline()
+        hello = json.loads(line) if line.startswith("{") else {"error": "the child exited before answering"}
+        if "error" in hello:
+            proc.stdin.close()
+            proc.wait()
+            err.seek(0)
+            tail = err.read()[-1500:].strip()
+            print(f"note: --with-rag-retrieval: {python} cannot run rag_retrieval ({hello['error']}); skipped. "
+                  "Install rag-retrieval==0.2.2 in a separate venv (see this script's docstring) and pass "
+                  "--rag-retrieval-python VENV/bin/python."
+                  + ("" if not tail or hello["error"].startswith("ModuleNotFoundError") else f"\n{tail}"))
+            return None
+        return cls(proc, hello, python)
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> list[float]:
+        self.proc.stdin.write(json.dumps({"pairs": pairs}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"rag-retrieval child ({self.python}) died; exit code {self.proc.wait()}")
+        res = json.loads(line)
+        if "error" in res:
+            raise SystemExit(f"rag-retrieval child failed: {res['error']}")
+        self.last_seconds = res["seconds"]
+        return res["scores"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def rag_retrieval_child(path: str, device: str, batch_size: int, max_length: int = 512) -> None:
+    """Child side of ``RagRetrievalRunner``: one JSON line out per JSON line in, on a stdout of its own.
+
+    Imports only rag_retrieval (and its torch / transformers), never ragr, so it runs in a venv without ragr.
+    """
+    import importlib.metadata
+
+    sys.stdout.flush()
+    proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's channel; library prints go to stderr
+    os.dup2(2, 1)
+    link = None
+    try:
+        try:
+            import torch
+            import transformers
+            from rag_retrieval import Reranker
+
+            version = importlib.metadata.version("rag-retrieval")
+        except Exception as exc:  # ImportError, or a broken install
+            proto.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            return
+        load = path
+        if "bce" in path:  # compute_score applies a sigmoid whenever 'bce' is in the model path
+            link = os.path.join(tempfile.gettempdir(), f"ragr-rr-model-{os.getpid()}")
+            if "bce" in link:
+                proto.write(json.dumps({"error": f"model path {path} and temp dir both contain 'bce'"}) + "\n")
+                return
+            os.symlink(path, link)
+            load = link
+        try:
+            rr = Reranker(load, model_type="cross-encoder", dtype="fp32", device=device, verbose=0)
+            if rr is None:  # the factory prints why and returns None (e.g. its ranker module failed to import)
+                raise RuntimeError("rag_retrieval.Reranker returned None (see its message above)")
+            if rr.model.dtype != torch.float32:
+                raise RuntimeError(f"model loaded in {rr.model.dtype}, not fp32")
+        except Exception as exc:
+            proto.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            return
+        proto.write(json.dumps({"version": version, "versions": {
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "attn": getattr(rr.model.config, "_attn_implementation", None),
+            "python": sys.executable}}) + "\n")
+        cuda = str(device).startswith("cuda")
+        for line in sys.stdin:
+            pairs = [(q, d) for q, d in json.loads(line)["pairs"]]
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            scores = rr.compute_score(pairs, batch_size=batch_size, max_length=max_length, normalize=False,
+                                      enable_tqdm=False)
+            if cuda:
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            scores = [float(scores)] if not isinstance(scores, list) else [float(x) for x in scores]  # 1 pair: a float
+            proto.write(json.dumps({"seconds": secs, "scores": scores}) + "\n")
+    finally:
+        if link is not None and os.path.islink(link):
+            os.unlink(link)
+
+
 def systems(path: str, device: str, a) -> dict:
     """name -> (scoring function over a list of pairs, note)."""
     import torch
@@ -139,16 +263,9 @@ def systems(path: str, device: str, a) -> dict:
                                                                             batch_size=a.st_batch_size,
                                                                             show_progress_bar=False))
     if a.with_rag_retrieval:
-        try:
-            from rag_retrieval import Reranker as RRReranker
-        except ImportError as exc:
-            print(f"note: --with-rag-retrieval: rag_retrieval is not importable ({exc}); skipped. "
-                  "Install rag-retrieval==0.2.2 in a separate venv with ragr and run this script there.")
-        else:
-            if "bce" in path.lower():  # rag_retrieval applies a sigmoid when the path says 'bce'
-                raise SystemExit(f"model path {path} contains 'bce'; rerun (temp dir names are random)")
-            rr = RRReranker(path, model_type="cross-encoder", dtype="fp32", device=device, verbose=0)
-            out["rag-retrieval 0.2.2 fp32"] = lambda pairs: list(rr.compute_score(pairs, max_length=512, enable_tqdm=False))
+        rr = RagRetrievalRunner.start(a.rag_retrieval_python, path, a.device, a.rag_retrieval_batch_size)
+        if rr is not None:
+            out[rr.name] = rr
     return out
 
 
@@ -218,15 +335,25 @@ def main() -> None:
     ap.add_argument("--batch-overhead", type=int, default=None,
                     help="ragr: fixed cost of a forward pass in tokens for the batch cut (default: ragr's, 64 on CPU)")
     ap.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers predict batch size (its default)")
-    ap.add_argument("--with-rag-retrieval", action="store_true")
+    ap.add_argument("--with-rag-retrieval", action="store_true",
+                    help="also run RAG-Retrieval's rag_retrieval library (in a child process; see --rag-retrieval-python)")
+    ap.add_argument("--rag-retrieval-python", default=sys.executable,
+                    help="interpreter whose venv has rag-retrieval (default: this one), e.g. /work/rr-venv/bin/python")
+    ap.add_argument("--rag-retrieval-batch-size", type=int, default=32,
+                    help="rag_retrieval compute_score batch size (default 32, as sentence-transformers here; "
+                         "the library's own default is 256)")
     ap.add_argument("--st-bf16", action="store_true", help="also run sentence-transformers in bf16 (for GPU runs)")
     ap.add_argument("--profile", action="store_true", help="also print torch-profiler op tables of ragr fp32 and bf16")
     ap.add_argument("--memory", action="store_true", help="also measure `ragr rerank` peak RSS on 1k vs --memory-pairs pairs")
     ap.add_argument("--memory-pairs", type=int, default=100_000)
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--rag-retrieval-child", help=argparse.SUPPRESS)
     a, unknown = ap.parse_known_args()  # `make bench` passes the same arguments to every benchmark
     if a.memory_child:
         memory_child(*a.memory_child)
+        return
+    if a.rag_retrieval_child:
+        rag_retrieval_child(a.rag_retrieval_child, a.device, a.rag_retrieval_batch_size)
         return
     if unknown:
         print(f"note: ignoring arguments meant for other benchmarks: {' '.join(unknown)}")
@@ -255,7 +382,9 @@ def main() -> None:
             scores = fn(pairs)
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            return time.perf_counter() - t0, [float(s) for s in scores]
+            wall = time.perf_counter() - t0
+            own = getattr(fn, "last_seconds", None)  # a child process's own time of the call (rag-retrieval)
+            return (wall if own is None else own), [float(s) for s in scores]
 
         for fn in runners.values():  # warm-up (lazy init, allocator, oneDNN kernels)
             fn(pairs[:64])
@@ -284,26 +413,39 @@ def main() -> None:
             tps = [n_tokens / s for s in ss]
             med = statistics.median(tps)
             print(f"| {name} | {med:,.0f} | {min(tps):,.0f}-{max(tps):,.0f} | {med / base:.2f}x |")
-        if "rag-retrieval 0.2.2 fp32" in secs:
-            rr = statistics.median(n_tokens / s for s in secs["rag-retrieval 0.2.2 fp32"])
+        rr_runner = next((fn for fn in runners.values() if isinstance(fn, RagRetrievalRunner)), None)
+        if rr_runner is not None:
+            rr = statistics.median(n_tokens / s for s in secs[rr_runner.name])  # tokens/s, as in the table
             ragr = statistics.median(n_tokens / s for s in secs["ragr fp32"])
-            print(f"\nragr fp32 / rag-retrieval fp32: {ragr / rr:.2f}x")
+            per_pair = len(pairs) / n_tokens
+            v = rr_runner.versions
+            print(f"\n{rr_runner.name}: {rr:,.0f} tokens/s, {rr * per_pair:,.1f} pairs/s (median); "
+                  f"ragr fp32: {ragr:,.0f} tokens/s, {ragr * per_pair:,.1f} pairs/s")
+            print(f"ragr fp32 / rag-retrieval fp32: {ragr / rr:.2f}x")
+            print(f"rag-retrieval ran in {v['python']} (child process, timing its own compute_score calls): "
+                  f"torch {v['torch']}, transformers {v['transformers']}, {v['threads']} threads, attention {v['attn']}, "
+                  f"compute_score(batch_size={a.rag_retrieval_batch_size}, max_length=512), raw logits")
 
         st, fp32, bf16 = (np.array(scores[k]) for k in ("sentence-transformers fp32", "ragr fp32", "ragr bf16"))
         diff = float(np.abs(fp32 - st).max())
         print(f"\nragr fp32 vs sentence-transformers fp32: max |score difference| {diff:.2e} "
               f"({'equal to 1e-5' if diff <= 1e-5 else 'NOT equal to 1e-5'})")
-        if "rag-retrieval 0.2.2 fp32" in scores:
+        if rr_runner is not None:
             print(f"ragr fp32 vs rag-retrieval fp32: max |score difference| "
-                  f"{float(np.abs(fp32 - np.array(scores['rag-retrieval 0.2.2 fp32'])).max()):.2e}")
+                  f"{float(np.abs(fp32 - np.array(scores[rr_runner.name])).max()):.2e} (both raw logits, no sigmoid)")
         k = min(10, a.docs_per_query)
         ident = top_k_identity(scores["ragr bf16"], scores["ragr fp32"], a.docs_per_query, k)
         print(f"ragr bf16 vs fp32: top-{k} order identical on {ident:.1%} of {len(groups)} queries; "
               f"max |score difference| {float(np.abs(bf16 - fp32).max()):.2e}")
         pad = padded_tokens(lengths, pairs, a.device, a.max_tokens, a.st_batch_size, a.batch_overhead)
+        rr_pad = ""
+        if rr_runner is not None:  # compute_score: batches in input order, each padded to its longest pair
+            b = a.rag_retrieval_batch_size
+            n = sum(len(lengths[i : i + b]) * max(lengths[i : i + b]) for i in range(0, len(lengths), b))
+            rr_pad = f", rag-retrieval {n} ({n / pad['real'] - 1:+.1%})"
         print(f"tokens through the model, padding included: ragr {pad['ragr']} ({pad['ragr'] / pad['real'] - 1:+.1%} padding), "
-              f"sentence-transformers {pad['sentence-transformers']} ({pad['sentence-transformers'] / pad['real'] - 1:+.1%}); "
-              f"ragr forward passes: {pad['batches']}")
+              f"sentence-transformers {pad['sentence-transformers']} ({pad['sentence-transformers'] / pad['real'] - 1:+.1%})"
+              f"{rr_pad}; ragr forward passes: {pad['batches']}")
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
 
@@ -313,6 +455,8 @@ def main() -> None:
                 print(f"\nprofile of {name} (one pass over the pairs)\n")
                 print(prof.key_averages().table(sort_by="self_cuda_time_total" if a.device.startswith("cuda")
                                                 else "self_cpu_time_total", row_limit=12))
+        if rr_runner is not None:
+            rr_runner.close()
         if a.memory:
             short = [(q, d[:80]) for q, d in pairs]  # ~30 tokens a pair: 100k pairs in minutes
             memory_run(path, short, [1000, a.memory_pairs], Path(tmp))

@@ -43,7 +43,7 @@ class TrainerConfig:
     max_grad_norm: Optional[float] = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
-    chunk_size: int = 32     # sequences per forward pass, length-sorted (cuts padding; the loss is unchanged)
+    chunk_size: int = 32     # at most this many sequences per forward pass, length-planned (cuts padding; exact)
     grad_cache: bool = False  # embedder: GradCache (loss and gradients unchanged, memory of one chunk, +1 forward)
     max_tokens_per_batch: Optional[int] = None  # embedder: micro-batches by token budget instead of batch_size
     log_every: int = 10

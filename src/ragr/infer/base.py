@@ -232,7 +232,9 @@ class ModuleScorer(Scorer):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        with torch.no_grad():
+        from ragr.models.attention import shape_stable_attention
+
+        with torch.no_grad(), shape_stable_attention(device):
             feats = {k: v.to(device) for k, v in self.tokenize(queries, docs).items()}
             scores = self(**feats).float().cpu().tolist()
         self.train(was_training)

@@ -72,10 +72,14 @@ def input_embedding_to_share(model: nn.Module, forward) -> nn.Module | None:
     """
     if forward is not model and type(forward).__name__ != "DistributedDataParallel":
         return None
+    if any(c.__name__.startswith("FSDP") for c in type(model).__mro__):  # FSDP2 shards in place
+        return None
     backbone = getattr(model, "backbone", None)
     get = getattr(backbone, "get_input_embeddings", None)
     emb = get() if get is not None else None
     if not isinstance(emb, nn.Embedding) or not emb.weight.requires_grad or not torch.is_grad_enabled():
+        return None
+    if type(emb.weight.data) is not torch.Tensor:  # a DTensor or other sharded parameter
         return None
     return emb
 

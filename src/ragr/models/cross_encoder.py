@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ragr.infer.base import ModuleScorer
+from ragr.models.attention import shape_stable_attention
 
 
 def _read_ragr_json(path: Path) -> dict[str, Any]:
@@ -150,7 +151,8 @@ class CrossEncoder(nn.Module, ModuleScorer):
         self.eval()
         device = next(self.parameters()).device
         feats = {k: v.to(device) for k, v in self.pad_features(features).items()}
-        scores = self(**feats).float().cpu().tolist()
+        with shape_stable_attention(device):
+            scores = self(**feats).float().cpu().tolist()
         self.train(was_training)
         return scores
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ragr.models.attention import shape_stable_attention
 from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
 from ragr.models.lora import merged_lora_state
 
@@ -237,7 +238,8 @@ class Embedder(nn.Module):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             feats = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx], is_query).items()}
-            out[idx] = self(**feats).float().cpu()
+            with shape_stable_attention(device):
+                out[idx] = self(**feats).float().cpu()
             if progress is not None:
                 progress(len(idx))
         self.train(was_training)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ragr.errors import UserError
-
+from ragr.models.attention import shape_stable_attention
 from ragr.train.rundir import (
     STATE_FILE,
     atomic_write_text,
@@ -331,7 +331,8 @@ class Engine:
                     if deepspeed:  # DeepSpeed steps at the boundary and divides by grad_accum itself
                         acc.sync_gradients = last
                     sync = nullcontext() if last else acc.no_sync(model)
-                    with sync, acc.autocast(), batch_text_keys(batch.get("doc_keys"), batch.get("pos_keys")):
+                    with sync, acc.autocast(), shape_stable_attention(acc.device), \
+                            batch_text_keys(batch.get("doc_keys"), batch.get("pos_keys")):
                         out = self.task.compute_loss(model, unwrapped, loss_fn, batch, acc.device)
                         acc.backward(out["loss"] if deepspeed else out["loss"] / a_steps)
                     for k, v in out.items():
