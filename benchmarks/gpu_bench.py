@@ -23,7 +23,7 @@
 On CPU everything runs in fp32. Prints markdown tables; writes $OUT/gpu_bench.json when OUT is set
 (or --json PATH). Progress goes to stderr.
 
-Usage: python benchmarks/gpu_bench.py [--quick] [--pairs 20000] [--repeats 3] [--steps 60]
+Usage: python benchmarks/gpu_bench.py [--quick] [--pairs 8000] [--repeats 3] [--steps 60]
 """
 
 from __future__ import annotations
@@ -561,7 +561,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quick = a.quick
-    defaults = dict(size="tiny" if quick else "base", pairs=200 if quick else 20000, repeats=2 if quick else 3,
+    defaults = dict(size="tiny" if quick else "base", pairs=200 if quick else 8000, repeats=2 if quick else 3,
                     samples=64 if quick else 4096, batch=8 if quick else 128, steps=6 if quick else 60,
                     log_every=2 if quick else 10, chunks=[4, 8] if quick else [32, 128],
                     matmul_n=512 if quick else 8192)

@@ -133,3 +133,19 @@ def interrupt_after_checkpoint(monkeypatch):
             monkeypatch.setattr(Engine, "_save_checkpoint", original)
 
     return arm
+
+
+@pytest.fixture
+def assert_chunked_matches_plain():
+    """``check(run)``: ``run(chunked: bool) -> (loss, {name: grad})``; chunked and plain must agree."""
+    import torch
+
+    def check(run) -> None:
+        plain_loss, plain_grads = run(False)
+        chunk_loss, chunk_grads = run(True)
+        assert chunk_loss == pytest.approx(plain_loss, rel=1e-5)
+        assert plain_grads.keys() == chunk_grads.keys()
+        for name in plain_grads:
+            torch.testing.assert_close(chunk_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    return check
