@@ -58,6 +58,26 @@ def test_rank_sorts_by_score_and_cuts_top_k(ce_dir):
     assert rr.rank("q", []) == []
 
 
+def test_rescore_puts_the_exact_models_order_and_scores_on_the_re_scored_head(ce_dir):
+    docs = [d for _, d in PAIRS] + [LONG_DOC[: 40 * i] for i in range(1, 6)]
+    query = "why is the sky blue?"
+    exact = hf_scores(ce_dir, [(query, d) for d in docs])  # plain transformers fp32, one pair at a time
+    fast = Reranker(str(ce_dir), dtype="bf16")
+    low = fast.score([(query, d) for d in docs])
+    low_order = list(np.argsort(-np.array(low), kind="stable"))
+    k, margin = 3, 2
+    ranked = fast.rank(query, docs, top_k=k, rescore=Reranker(str(ce_dir)), rescore_margin=margin)
+    head = low_order[: k + margin]  # what bf16 put first: re-scored in fp32 and ordered by those scores
+    assert [i for i, _, _ in ranked] == sorted(head, key=lambda i: -exact[i])[:k]
+    for i, s, _ in ranked:
+        assert s == pytest.approx(exact[i], abs=1e-5)
+    # re-scoring every document gives exactly the fp32 ranking
+    full = fast.rank(query, docs, top_k=len(docs), rescore=Reranker(str(ce_dir)), rescore_margin=0)
+    assert [i for i, _, _ in full] == list(np.argsort(-np.array(exact), kind="stable"))
+    with pytest.raises(UserError, match="top_k"):
+        fast.rank(query, docs, rescore=fast)
+
+
 def test_max_chunk_on_a_short_document_equals_truncate(ce_dir):
     trunc = Reranker(str(ce_dir), max_length=64).score(PAIRS)
     chunk = Reranker(str(ce_dir), max_length=64, long_doc="max-chunk", overlap=8).score(PAIRS)
