@@ -20,11 +20,11 @@ low-precision run with fp32:
   against near-tied scores, not a systematic bias).
 
 The target is a *trained* reranker: a random classification head gives near-tied scores and says
-nothing. Pass ``--model DIR`` (a cross-encoder trained by ``ragr train task=reranker``, or any model
+nothing. Pass ``--reranker DIR`` (a cross-encoder trained by ``ragr train task=reranker``, or any model
 ``Reranker`` opens), or ``--train`` to train a short MiniLM cross-encoder on the demo data first, into a
 temp dir (10-20 minutes on a 2-core CPU). With neither, the script prints how to make one and exits 0
-(so ``make bench``, which runs every script here with the same arguments, does not fail; note that
-``serve_load.py`` also takes ``--model``, so ``run.py --model X`` hands X to both).
+(so ``make bench``, which runs every script here with the same arguments, does not fail; the flag is not
+``--model`` because ``serve_load.py`` takes that one with another meaning).
 
 ``--variants`` also measures ways of running the low-precision encoder that keep more in fp32 (patched
 in this process only, ragr's code is unchanged), to find where the ranking drift comes from:
@@ -39,7 +39,7 @@ in this process only, ragr's code is unchanged), to find where the ranking drift
   ``k + --rescore-margin`` re-scored in fp32 and ordered by those scores (the others keep their
   low-precision scores, capped below the re-scored ones); the share of pairs re-scored is printed.
 
-Usage: python benchmarks/rerank_agreement.py --model /tmp/ce/model [--dtypes bf16,fp16] [--variants]
+Usage: python benchmarks/rerank_agreement.py --reranker /tmp/ce/model [--dtypes bf16,fp16] [--variants]
        python benchmarks/rerank_agreement.py --train [--train-steps 100]
 """
 
@@ -295,9 +295,9 @@ def train(out_dir: Path, steps: int) -> Path:
 
 
 def how_to() -> None:
-    print("rerank_agreement: no --model given; skipped. It needs a *trained* reranker, for example:\n"
+    print("rerank_agreement: no --reranker given; skipped. It needs a *trained* reranker, for example:\n"
           f"  ragr train {' '.join(TRAIN_OVERRIDES)} trainer.max_steps=100 output_dir=/tmp/ce\n"
-          "  python benchmarks/rerank_agreement.py --model /tmp/ce/model\n"
+          "  python benchmarks/rerank_agreement.py --reranker /tmp/ce/model\n"
           "or let it train one into a temp dir first (about 10-20 minutes on a 2-core CPU):\n"
           "  python benchmarks/rerank_agreement.py --train")
 
@@ -305,7 +305,7 @@ def how_to() -> None:
 # ---- main -----------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="a trained reranker (folder, alias or hub id)")
+    ap.add_argument("--reranker", dest="model", default=None, help="a trained reranker (folder, alias or hub id)")
     ap.add_argument("--train", action="store_true", help="train a short MiniLM cross-encoder first (temp dir)")
     ap.add_argument("--train-steps", type=int, default=100, help="--train: trainer.max_steps")
     ap.add_argument("--data", default=None, help="MTEB reranking JSONL (default: the bundled demo dev.jsonl)")
