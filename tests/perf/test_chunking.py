@@ -103,3 +103,27 @@ def test_colbert_chunks_with_gradients_equal_one_padded_forward(tiny_bert_nodrop
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     assert_chunked_matches_plain(run)
+
+
+def test_cross_encoder_chunks_with_gradients_equal_one_padded_forward(tiny_bert_nodropout, assert_chunked_matches_plain):
+    from ragr.losses.rerank import ListwiseLoss
+    from ragr.models.cross_encoder import CrossEncoder
+    from ragr.train.rerank_task import RerankerTask
+
+    queries = ["short", "a much longer question with many words in it", "mid length one"]
+    docs = [f"document {i} " + "word " * (i * 5) for i in range(6)]
+    pair_q = [q for q in queries for _ in range(2)]
+    labels = torch.tensor([[1.0, 0.0]] * 3)
+
+    def run(chunked: bool):
+        torch.manual_seed(0)
+        model = CrossEncoder.from_pretrained(tiny_bert_nodropout)
+        if chunked:
+            scores = RerankerTask.chunked_scores(model, model, pair_q, docs, chunk_size=2, device=torch.device("cpu"))
+        else:
+            scores = model(**model.tokenize(pair_q, docs))
+        loss = ListwiseLoss()(scores.view(labels.shape), labels)["loss"]
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    assert_chunked_matches_plain(run)

@@ -68,10 +68,33 @@ class RerankerTask:
         return collate_rerank(examples)
 
     def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
-        feats = {k: v.to(device) for k, v in unwrapped.tokenize(batch["pair_queries"], batch["docs"]).items()}
         labels = batch["labels"].to(device)
-        scores = model(**feats).view(labels.shape)
-        return loss_fn(scores.float(), labels)
+        if hasattr(unwrapped, "tokenize_pairs") and hasattr(unwrapped, "pad_features"):
+            scores = self.chunked_scores(model, unwrapped, batch["pair_queries"], batch["docs"],
+                                         self.cfg["trainer"]["chunk_size"], device)
+        else:
+            feats = {k: v.to(device) for k, v in unwrapped.tokenize(batch["pair_queries"], batch["docs"]).items()}
+            scores = model(**feats)
+        return loss_fn(scores.view(labels.shape).float(), labels)
+
+    @staticmethod
+    def chunked_scores(model, unwrapped, queries, docs, chunk_size: int, device) -> torch.Tensor:
+        """Scores of the pairs in input order, computed in length-planned chunks of at most ``chunk_size``.
+
+        Each chunk is padded only to its own longest pair and the chunks share one input-embedding
+        lookup (:mod:`ragr.models.chunking`); the scores and gradients equal one padded forward (tests).
+        """
+        from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
+
+        feats = unwrapped.tokenize_pairs(list(queries), list(docs))
+        plan = plan_chunks([len(f["input_ids"]) for f in feats], chunk_size, chunk_overhead(device))
+        chunks = [{k: v.to(device) for k, v in unwrapped.pad_features([feats[i] for i in idx]).items()} for idx in plan]
+        with shared_input_embeddings(input_embedding_to_share(unwrapped, model), [c["input_ids"] for c in chunks]):
+            out = torch.cat([model(**c) for c in chunks])
+        order = torch.tensor([i for idx in plan for i in idx])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return out[inverse.to(out.device)]
 
     def eval_rows(self):
         from ragr.data.formats import load_rerank_file
