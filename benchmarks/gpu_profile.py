@@ -45,7 +45,7 @@ def timed(name, extra=(), prof=False):
     print(f"{name}: {1e3*(t1-t0)/(s1-s0):.1f} ms/step", flush=True)
 timed("cProfile default", prof=True)
 timed("default (chunk 32)")
-import ragr.models.embedder as E
+import ragr.models.chunking as E
 orig = E.input_embedding_to_share
 E.input_embedding_to_share = lambda *a: None
 timed("no shared embedding lookup")

@@ -120,26 +120,32 @@ class _FakeModel:
         self.reranker = _FakeReranker()
 
 
-def test_token_budget_and_length_sorting():
-    from ragr.serve.batching import RERANK, BatchQueue
-
-    model = _FakeModel()
-    queue = BatchQueue(model, max_batch_tokens=100)
-    jobs = [[("q", "d" * n) for n in (10, 50, 20)], [("q", "d" * n) for n in (40, 5)], [("q", "d" * 90)]]
+def _submit_together(queue, jobs: list[list[tuple[str, str]]]) -> list[list[float]]:
+    """Submit every job while the queue is paused, then let it run: one scheduling decision sees them all."""
+    from ragr.serve.batching import RERANK
 
     async def main():
         queue.pause()
         queue.start()
         tasks = [asyncio.ensure_future(queue.submit(RERANK, pairs, [len(d) for _, d in pairs])) for pairs in jobs]
-        while queue.pending < 3:
+        while queue.pending < len(jobs):
             await asyncio.sleep(0.005)
         queue.resume()
         return await asyncio.gather(*tasks)
 
     try:
-        results = asyncio.run(main())
+        return asyncio.run(main())
     finally:
         queue.stop()
+
+
+def test_token_budget_and_length_sorting():
+    from ragr.serve.batching import BatchQueue
+
+    model = _FakeModel()
+    queue = BatchQueue(model, max_batch_tokens=100)
+    jobs = [[("q", "d" * n) for n in (10, 50, 20)], [("q", "d" * n) for n in (40, 5)], [("q", "d" * 90)]]
+    results = _submit_together(queue, jobs)
     assert results == [[10.0, 50.0, 20.0], [40.0, 5.0], [90.0]]  # every job gets its own results, in order
     for call in model.reranker.calls:
         costs = [len(d) for _, d in call]
@@ -152,25 +158,12 @@ def test_token_budget_and_length_sorting():
 
 
 def test_batch_size_caps_forward_passes_across_requests():
-    from ragr.serve.batching import RERANK, BatchQueue
+    from ragr.serve.batching import BatchQueue
 
     model = _FakeModel()
     queue = BatchQueue(model, max_batch_tokens=1000, batch_size=2)
     jobs = [[("q", "a" * 3)] * 2, [("q", "b" * 5)] * 2, [("q", "c" * 4)]]
-
-    async def main():
-        queue.pause()
-        queue.start()
-        tasks = [asyncio.ensure_future(queue.submit(RERANK, pairs, [len(d) for _, d in pairs])) for pairs in jobs]
-        while queue.pending < 3:
-            await asyncio.sleep(0.005)
-        queue.resume()
-        return await asyncio.gather(*tasks)
-
-    try:
-        results = asyncio.run(main())
-    finally:
-        queue.stop()
+    results = _submit_together(queue, jobs)
     assert results == [[3.0, 3.0], [5.0, 5.0], [4.0]]
     # one step (all 5 pairs fit 1000 tokens), sorted longest first, 2 pairs per forward pass
     assert [[len(d) for _, d in c] for c in model.reranker.calls] == [[5, 5], [4, 3], [3]]

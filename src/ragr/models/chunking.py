@@ -84,6 +84,22 @@ def input_embedding_to_share(model: nn.Module, forward) -> nn.Module | None:
     return emb
 
 
+def forward_chunks(forward, model: nn.Module, order: Sequence[int], chunks: Sequence[dict[str, torch.Tensor]],
+                   post=None) -> torch.Tensor:
+    """``forward(**chunk)`` for each chunk, sharing one input-embedding lookup; rows back in input order.
+
+    ``order`` lists the input index of each output row, chunk after chunk (a plan flattened); ``post``
+    maps each chunk's output before they are joined (ColBERT pads token vectors back to one width).
+    """
+    with shared_input_embeddings(input_embedding_to_share(model, forward), [c["input_ids"] for c in chunks]):
+        parts = [forward(**c) for c in chunks]
+    out = torch.cat([post(p) for p in parts] if post is not None else parts)
+    at = torch.tensor(list(order), device=out.device)
+    inverse = torch.empty_like(at)
+    inverse[at] = torch.arange(len(at), device=out.device)
+    return out[inverse]
+
+
 @contextmanager
 def shared_input_embeddings(module: nn.Module | None, id_chunks: Sequence[torch.Tensor]) -> Iterator[None]:
     """While active, the ``i``-th call of ``module`` returns the ``i``-th slice of one joint lookup.
@@ -103,7 +119,8 @@ def shared_input_embeddings(module: nn.Module | None, id_chunks: Sequence[torch.
             return None
         expected = next(slices, None)
         ids = args[0] if args else None
-        if expected is None or ids is None or ids.shape != expected[0].shape or not torch.equal(ids, expected[0]):
+        if expected is None or ids is None or (ids is not expected[0] and (  # identity: no device sync
+                ids.shape != expected[0].shape or not torch.equal(ids, expected[0]))):
             active[0] = False
             return None
         return expected[1].view(output.shape)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ragr.models.attention import shape_stable_attention
-from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
+from ragr.models.chunking import chunk_overhead, forward_chunks, plan_chunks
 from ragr.models.lora import merged_lora_state
 
 POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
@@ -200,13 +200,8 @@ class Embedder(nn.Module):
         forward = forward or self
         device = next(self.parameters()).device
         order, chunks = self.chunk_features(texts, is_query, chunk_size, chunk_overhead(device))
-        ids = [c["input_ids"].to(device) for c in chunks]
-        with shared_input_embeddings(input_embedding_to_share(self, forward), ids):
-            parts = [forward(input_ids=i, attention_mask=c["attention_mask"].to(device)) for i, c in zip(ids, chunks)]
-        out = torch.cat(parts)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return out[inverse.to(out.device)]
+        chunks = [{"input_ids": c["input_ids"].to(device), "attention_mask": c["attention_mask"].to(device)} for c in chunks]
+        return forward_chunks(forward, self, order, chunks)
 
     def chunk_features(self, texts: Sequence[str], is_query: bool, chunk_size: int,
                        overhead: int) -> tuple[list[int], list[dict]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
+from ragr.models.chunking import chunk_overhead, forward_chunks, plan_chunks
 from ragr.train.tasks import EmbedderTask
 
 
@@ -41,20 +41,15 @@ class ColBERTTask(EmbedderTask):
         used = feats["attention_mask"].bool() | feats["token_mask"].bool()
         positions = torch.arange(used.shape[1], device=used.device)
         lengths = (used.long() * (positions + 1)).amax(1)
-        plan = plan_chunks(lengths.tolist(), chunk_size, chunk_overhead(used.device))
+        lengths = lengths.tolist()  # one device sync, not one per chunk
+        plan = plan_chunks(lengths, chunk_size, chunk_overhead(used.device))
         width = used.shape[1]
         cuts = []
         for idx in plan:
             rows = torch.tensor(idx, device=used.device)
-            cuts.append({k: v[rows, : int(lengths[rows].max())] for k, v in feats.items()})
-        share = input_embedding_to_share(unwrapped if unwrapped is not None else model, model)
-        with shared_input_embeddings(share, [c["input_ids"] for c in cuts]):
-            parts = [model(**c) for c in cuts]
-        vecs = torch.cat([torch.nn.functional.pad(out, (0, 0, 0, width - out.shape[1])) for out in parts])
-        order = torch.tensor([i for idx in plan for i in idx], device=used.device)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return vecs[inverse]
+            cuts.append({k: v[rows, : max(lengths[i] for i in idx)] for k, v in feats.items()})
+        return forward_chunks(model, unwrapped if unwrapped is not None else model, [i for idx in plan for i in idx], cuts,
+                              post=lambda out: torch.nn.functional.pad(out, (0, 0, 0, width - out.shape[1])))
 
     def compute_loss(self, model, unwrapped, loss_fn, batch, device) -> dict[str, torch.Tensor]:
         q = {k: v.to(device) for k, v in unwrapped.tokenize(batch["queries"], is_query=True).items()}

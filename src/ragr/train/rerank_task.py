@@ -84,17 +84,12 @@ class RerankerTask:
         Each chunk is padded only to its own longest pair and the chunks share one input-embedding
         lookup (:mod:`ragr.models.chunking`); the scores and gradients equal one padded forward (tests).
         """
-        from ragr.models.chunking import chunk_overhead, input_embedding_to_share, plan_chunks, shared_input_embeddings
+        from ragr.models.chunking import chunk_overhead, forward_chunks, plan_chunks
 
         feats = unwrapped.tokenize_pairs(list(queries), list(docs))
         plan = plan_chunks([len(f["input_ids"]) for f in feats], chunk_size, chunk_overhead(device))
         chunks = [{k: v.to(device) for k, v in unwrapped.pad_features([feats[i] for i in idx]).items()} for idx in plan]
-        with shared_input_embeddings(input_embedding_to_share(unwrapped, model), [c["input_ids"] for c in chunks]):
-            out = torch.cat([model(**c) for c in chunks])
-        order = torch.tensor([i for idx in plan for i in idx])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
-        return out[inverse.to(out.device)]
+        return forward_chunks(model, unwrapped, [i for idx in plan for i in idx], chunks)
 
     def eval_rows(self):
         from ragr.data.formats import load_rerank_file
