@@ -27,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._objects: dict[str, Any] = {}  # entries registered as objects (defined at run time)
 
     def register(self, name: str, target: str, help: str = "") -> None:
         """Add ``name`` -> ``"module:Attr"``; registering a taken name is an error."""
@@ -36,8 +37,22 @@ class Registry(Generic[T]):
             raise ValueError(f"registry target must look like 'module:Attr', got {target!r}")
         self._entries[name] = Entry(name, target, help)
 
+    def register_object(self, name: str, obj: Any, help: str = "") -> None:
+        """Add ``name`` -> ``obj`` itself (a class or instance defined at run time, e.g. in a test module)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is already registered as {self._entries[name].target}")
+        self._entries[name] = Entry(name, f"{getattr(obj, '__module__', '?')}:{type(obj).__qualname__}", help)
+        self._objects[name] = obj
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (run-time registrations, e.g. a test's family, clean up with this)."""
+        self._entries.pop(name, None)
+        self._objects.pop(name, None)
+
     def get(self, name: str) -> T:
         """Import and return the object registered as ``name``; unknown names raise UserError with a hint."""
+        if name in self._objects:
+            return self._objects[name]
         if name not in self._entries:
             raise UserError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
@@ -60,41 +75,27 @@ losses: Registry[Any] = Registry("loss")
 losses.register("infonce", "ragr.losses.infonce:InfoNCE", "contrastive loss over positive, hard and in-batch negatives")
 losses.register("mrl", "ragr.losses.mrl:MatryoshkaLoss", "Matryoshka: an inner loss averaged over prefix dimensions")
 
+#: Model families (ragr.families.Family subclasses): one module each, one line here.
 families: Registry[Any] = Registry("model family")
-families.register("embedder", "ragr.models.embedder:Embedder", "bi-encoder: cls/mean pooling, optional Dense head, L2 norm")
-families.register("colbert", "ragr.models.colbert:ColBERT", "late interaction: token vectors, MaxSim, bge-m3 layout")
+families.register("embedder", "ragr.families.embedder:EmbedderFamily", "bi-encoder: cls/mean pooling, optional Dense head, L2 norm")
+families.register("colbert", "ragr.families.colbert:ColBERTFamily", "late interaction: token vectors, MaxSim, bge-m3 layout")
+families.register("cross_encoder", "ragr.families.rerankers:CrossEncoderFamily", "reranker: BERT-family cross-encoder, one logit")
+families.register("llm_seqcls", "ragr.families.rerankers:LLMSeqClsFamily", "reranker: decoder + classification head on the last token")
+families.register("llm_yes", "ragr.families.rerankers:LLMYesFamily", "reranker: decoder, logit of 'yes' after a prompt")
 
 launchers: Registry[Any] = Registry("launcher")
 launchers.register("local", "ragr.launch.local:run_local", "run in this process (CPU or one GPU)")
 
 ALL: dict[str, Registry[Any]] = {"losses": losses, "models": families, "launchers": launchers}
 
-tasks: Registry[Any] = Registry("training task")
-tasks.register("embedder", "ragr.train.tasks:EmbedderTask", "InfoNCE/MRL bi-encoder training, reranking eval")
-tasks.register("colbert", "ragr.train.colbert_task:ColBERTTask", "InfoNCE on MaxSim scores, reranking eval")
-
-ALL["tasks"] = tasks
-
 # ---- rerankers (issue 3) -------------------------------------------------------------------------
 losses.register("pointwise", "ragr.losses.rerank:PointwiseLoss", "reranker: BCE on labels scaled to [0,1], or MSE on sigmoid")
 losses.register("pairwise", "ragr.losses.rerank:PairwiseLoss", "reranker: RankNet over pairs in a group, weighted by label gap")
 losses.register("listwise", "ragr.losses.rerank:ListwiseLoss", "reranker: cross-entropy over a group (one positive or graded labels)")
 
-families.register("cross_encoder", "ragr.models.cross_encoder:CrossEncoder", "reranker: BERT-family cross-encoder, one logit")
-families.register("llm_seqcls", "ragr.models.llm_reranker:LLMSeqClsReranker", "reranker: decoder + classification head on the last token")
-families.register("llm_yes", "ragr.models.llm_reranker:LLMYesReranker", "reranker: decoder, logit of 'yes' after a prompt")
-
-tasks.register("cross_encoder", "ragr.train.rerank_task:RerankerTask", "pointwise/pairwise/listwise reranker training")
-tasks.register("llm_seqcls", "ragr.train.rerank_task:RerankerTask", "pointwise/pairwise/listwise reranker training")
-tasks.register("llm_yes", "ragr.train.rerank_task:RerankerTask", "pointwise/pairwise/listwise reranker training")
-
-#: Inference scorers (ragr.infer.Scorer subclasses) by family; see ragr/infer/base.py for the interface.
+#: Inference-only scorers (ragr.infer.Scorer subclasses, e.g. from @register_scorer or a plug-in); every model
+#: family above scores too, through its Family.scorer_class() (see ragr/infer/base.py:scorer_class).
 scorers: Registry[Any] = Registry("reranker family")
-scorers.register("cross_encoder", "ragr.models.cross_encoder:CrossEncoder", "BERT-family cross-encoder logit")
-scorers.register("llm_seqcls", "ragr.models.llm_reranker:LLMSeqClsReranker", "LLM classification head on the last token")
-scorers.register("llm_yes", "ragr.models.llm_reranker:LLMYesReranker", "LLM logit of 'yes' (minus 'no') after a prompt")
-scorers.register("embedder", "ragr.infer.embedder:EmbedderScorer", "bi-encoder cosine similarity")
-scorers.register("colbert", "ragr.infer.colbert:ColBERTScorer", "ColBERT MaxSim over token vectors")
 ALL["rerankers"] = scorers
 
 # ---- multi-process launchers (issue 7) -----------------------------------------------------------
@@ -110,5 +111,3 @@ losses.register("distill-mse", "ragr.losses.distill:MSEDistillLoss", "distill: M
 losses.register("distill-bce", "ragr.losses.distill:BCEDistillLoss", "distill: BCE of the student's logit against the teacher's probability")
 losses.register("llm-preference", "ragr.losses.distill:LLMPreferenceLoss", "distill: retriever softmax vs softmax of given (LLM) scores, per query")
 losses.register("stella", "ragr.losses.stella:StellaLoss", "distill: Stella/Jasper stage 3 from teacher vectors (cosine + sim MSE + hinge)")
-tasks.register("distill-scores", "ragr.train.distill_task:ScoreDistillTask", "ragr distill: a student learns teacher scores (model or data)")
-tasks.register("distill-vectors", "ragr.train.distill_task:VectorDistillTask", "ragr distill: Stella/Jasper stage 3 from teacher vectors")

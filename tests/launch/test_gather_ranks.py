@@ -24,7 +24,7 @@ RANK_SCRIPT = textwrap.dedent('''
     import sys
     import torch, torch.distributed as dist, torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from ragr.losses.gather import all_gather_with_grad, batch_text_keys, text_key
+    from ragr.losses.gather import all_gather_with_grad, text_key
     from ragr.losses.infonce import InfoNCE
 
     data, out = torch.load(sys.argv[1]), sys.argv[2]
@@ -44,8 +44,7 @@ RANK_SCRIPT = textwrap.dedent('''
     loss_fn = InfoNCE(data["tau"], gather_across_ranks=True)
     with torch.no_grad():
         unmasked = loss_fn(q, d, mask)["loss"]   # without text keys: cross-rank duplicates stay negatives
-    with batch_text_keys(doc_keys, pos_keys):    # as the engine publishes them
-        loss = loss_fn(q, d, mask)["loss"]
+    loss = loss_fn(q, d, mask, doc_keys=doc_keys, pos_keys=pos_keys)["loss"]   # as the contrastive objective passes them
     loss.backward()
 
     # uneven sizes: rank 0 sends 3 rows, rank 1 sends 2; every rank's loss is sum(w * gathered)

@@ -286,7 +286,8 @@ def test_reranker_api_detects_colbert_and_scores_like_numpy(bge_m3_layout, tmp_p
 
 def test_evaluate_colbert_matches_metrics_on_numpy_scores(bge_m3_layout):
     from ragr.eval.metrics import rerank_metrics
-    from ragr.infer.colbert import evaluate_colbert
+    from ragr.eval.rerank import evaluate
+    from ragr.infer.colbert import ColBERTScorer
 
     path, state = bge_m3_layout
     model = ColBERT.from_pretrained(str(path), max_query_length=16, max_doc_length=32)
@@ -294,7 +295,7 @@ def test_evaluate_colbert_matches_metrics_on_numpy_scores(bge_m3_layout):
             {"query": TEXTS_Q[1], "positive": [TEXTS_D[1]], "negative": [TEXTS_D[2], TEXTS_D[0]]}]
     s = np_colbert_scores(path, state["weight"].numpy(), state["bias"].numpy(), TEXTS_Q, TEXTS_D)
     expected = rerank_metrics([list(s[0]), [s[1, 1], s[1, 2], s[1, 0]]], [[1, 0, 0], [1, 0, 0]], ks=(1, 3))
-    got = evaluate_colbert(model, rows, ks=(1, 3))
+    got = evaluate(ColBERTScorer(model, cache_elements=0), rows, ks=(1, 3))
     assert got.keys() == expected.keys()
     for k in expected:
         assert got[k] == pytest.approx(expected[k], abs=1e-9), k

@@ -87,17 +87,21 @@ def test_hub_ids_load_from_the_local_hub_cache(tiny_bert, tmp_path, monkeypatch)
 
 
 def test_length_sorted_chunks_give_the_same_loss_and_gradients_as_plain_padding(tiny_bert_nodropout, assert_chunked_matches_plain):
+    from ragr.families import get_family
+    from ragr.families.forward import ChunkedForward
     from ragr.losses.infonce import InfoNCE
 
+    family = get_family("embedder")
     texts_q = ["short", "a much longer query with many many words in it", "mid length query"]
     texts_d = [f"document {i} " + "word " * (i * 5) for i in range(6)]
     loss_fn = InfoNCE(0.05)
 
     def run(chunked: bool):
         model = Embedder.from_pretrained(tiny_bert_nodropout, max_doc_length=64)
-        if chunked:
-            q = model.embed(texts_q, is_query=True, chunk_size=2)
-            d = model.embed(texts_d, is_query=False, chunk_size=2)
+        if chunked:  # the training path: length-planned chunks through ChunkedForward
+            fwd = ChunkedForward(model, model, "cpu", chunk_size=2)
+            q = family.encode(fwd, texts_q, is_query=True)
+            d = family.encode(fwd, texts_d, is_query=False)
         else:  # one forward, everything padded to the longest text
             q = model(**model.tokenize(texts_q, is_query=True))
             d = model(**model.tokenize(texts_d, is_query=False))

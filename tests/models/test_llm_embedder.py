@@ -39,8 +39,12 @@ def test_last_token_pooling_equals_a_manual_forward_under_both_padding_sides(tin
     want = manual_last_token(tiny_llama, TEXTS)
     assert torch.allclose(model.encode(TEXTS, batch_size=3), want, atol=1e-5)
     # the training path (length-sorted chunks, gradients on) pools the same token
+    from ragr.families import get_family
+    from ragr.families.forward import ChunkedForward
+
+    model.eval()
     with torch.no_grad():
-        got = model.eval().embed(TEXTS, is_query=False, chunk_size=2)
+        got = get_family("embedder").encode(ChunkedForward(model, model, "cpu", chunk_size=2), TEXTS, is_query=False)
     assert torch.allclose(got, want, atol=1e-5)
 
 

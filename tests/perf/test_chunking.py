@@ -61,11 +61,13 @@ def _word_embedding_backwards(out: torch.Tensor, weight: torch.Tensor) -> int:
 
 
 def test_embedder_chunks_share_one_word_embedding_backward(tiny_bert_nodropout):
+    from ragr.families import get_family
+    from ragr.families.forward import ChunkedForward
     from ragr.models.embedder import Embedder
 
     model = Embedder.from_pretrained(tiny_bert_nodropout, max_doc_length=64)
     texts = [f"document {i} " + "word " * (i * 7) for i in range(8)]
-    out = model.embed(texts, is_query=False, chunk_size=2)
+    out = get_family("embedder").encode(ChunkedForward(model, model, "cpu", chunk_size=2), texts, is_query=False)
     weight = model.backbone.get_input_embeddings().weight
     assert _word_embedding_backwards(out, weight) == 1
     with torch.no_grad():  # and the vectors are those of one plainly padded forward
@@ -85,9 +87,10 @@ def test_shared_lookup_steps_aside_when_the_ids_differ():
 
 
 def test_colbert_chunks_with_gradients_equal_one_padded_forward(tiny_bert_nodropout, assert_chunked_matches_plain):
+    from ragr.families import get_family
+    from ragr.families.forward import ChunkedForward
     from ragr.losses.infonce import InfoNCE
     from ragr.models.colbert import ColBERT
-    from ragr.train.colbert_task import ColBERTTask
 
     q_texts = ["short", "a much longer question with many words in it", "mid length one"]
     d_texts = [f"document {i} " + "word " * (i * 5) for i in range(6)]
@@ -96,8 +99,13 @@ def test_colbert_chunks_with_gradients_equal_one_padded_forward(tiny_bert_nodrop
         torch.manual_seed(0)
         model = ColBERT.from_pretrained(tiny_bert_nodropout, dim=8, max_doc_length=64)
         q, d = model.tokenize(q_texts, is_query=True), model.tokenize(d_texts, is_query=False)
-        qv = ColBERTTask.embed(model, q, chunk_size=2) if chunked else model(**q)
-        dv = ColBERTTask.embed(model, d, chunk_size=2) if chunked else model(**d)
+        if chunked:  # the training path: the family tokenizes, then runs length-planned chunks
+            fwd = ChunkedForward(model, model, "cpu", chunk_size=2)
+            (qv, q_mask), (dv, d_mask) = (get_family("colbert").encode(fwd, q_texts, is_query=True),
+                                          get_family("colbert").encode(fwd, d_texts, is_query=False))
+            assert torch.equal(q_mask, q["token_mask"]) and torch.equal(d_mask, d["token_mask"])
+        else:
+            qv, dv = model(**q), model(**d)
         loss = InfoNCE(0.1).score_loss(model.score_matrix(qv, q["token_mask"], dv, d["token_mask"]))["loss"]
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -107,8 +115,9 @@ def test_colbert_chunks_with_gradients_equal_one_padded_forward(tiny_bert_nodrop
 
 def test_cross_encoder_chunks_with_gradients_equal_one_padded_forward(tiny_bert_nodropout, assert_chunked_matches_plain):
     from ragr.losses.rerank import ListwiseLoss
+    from ragr.families import get_family
+    from ragr.families.forward import ChunkedForward
     from ragr.models.cross_encoder import CrossEncoder
-    from ragr.train.rerank_task import RerankerTask
 
     queries = ["short", "a much longer question with many words in it", "mid length one"]
     docs = [f"document {i} " + "word " * (i * 5) for i in range(6)]
@@ -119,7 +128,8 @@ def test_cross_encoder_chunks_with_gradients_equal_one_padded_forward(tiny_bert_
         torch.manual_seed(0)
         model = CrossEncoder.from_pretrained(tiny_bert_nodropout)
         if chunked:
-            scores = RerankerTask.chunked_scores(model, model, pair_q, docs, chunk_size=2, device=torch.device("cpu"))
+            fwd = ChunkedForward(model, model, torch.device("cpu"), chunk_size=2)  # queries given per pair
+            scores = get_family("cross_encoder").score_pairs(fwd, pair_q, docs, torch.arange(len(pair_q)))
         else:
             scores = model(**model.tokenize(pair_q, docs))
         loss = ListwiseLoss()(scores.view(labels.shape), labels)["loss"]

@@ -82,18 +82,19 @@ def common(tiny_bert, data_dir):
 def test_example_costs_count_the_expected_tokens(tiny_bert, data_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from ragr.train.tasks import EmbedderTask
+    from ragr.train.job import TrainingJob
 
     cfg = compose_config("train", common(tiny_bert, data_dir) + [f"output_dir={tmp_path}"])
-    task = EmbedderTask(cfg)
-    dataset = task.build_dataset()
-    task.build_model()
-    costs = task.example_costs(dataset, block=5)
+    job = TrainingJob(cfg, quiet=True)
+    dataset = job.build_dataset()
+    job.build_model()
+    costs = job.family.example_costs(job.model, dataset, block=5)  # blocks of 5: the boundaries are crossed
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     rows = [json.loads(l) for l in open(data_dir / "train.jsonl")]
     n = lambda t, m: len(tok(t, truncation=True, max_length=m)["input_ids"])  # noqa: E731
     want = [n(r["query"], 16) + np.mean([n(p, 32) for p in r["pos"]]) + np.mean([n(x, 32) for x in r["neg"]]) for r in rows]
     np.testing.assert_allclose(costs, want)
+    np.testing.assert_allclose(job.example_costs(dataset), want)  # what the engine asks for
 
 
 def test_training_takes_budgeted_batches_and_resumes_exactly(tiny_bert, data_dir, tmp_path, monkeypatch, interrupt_after_checkpoint):
@@ -124,13 +125,13 @@ def test_training_takes_budgeted_batches_and_resumes_exactly(tiny_bert, data_dir
 def test_without_max_steps_the_epochs_set_the_step_count(tiny_bert, data_dir, tmp_path):
     res = run_local(compose_config("train", common(tiny_bert, data_dir) + ["trainer.epochs=2", "trainer.eval_after=false",
                                                                              f"output_dir={tmp_path / 'r'}"]), quiet=True)
-    from ragr.train.tasks import EmbedderTask
+    from ragr.train.job import TrainingJob
 
     cfg = compose_config("train", common(tiny_bert, data_dir) + [f"output_dir={tmp_path / 'x'}"])
-    task = EmbedderTask(cfg)
-    dataset = task.build_dataset()
-    task.build_model()
-    plan = TokenBudgetPlan(task.example_costs(dataset), 200, cfg["seed"])
+    job = TrainingJob(cfg, quiet=True)
+    dataset = job.build_dataset()
+    job.build_model()
+    plan = TokenBudgetPlan(job.example_costs(dataset), 200, cfg["seed"])
     assert res["steps"] == len(plan.packs(0)) + len(plan.packs(1))  # grad_accum 1, one process: a pack a step
 
 
@@ -142,16 +143,23 @@ def test_a_budget_below_one_token_is_refused(tiny_bert, data_dir, tmp_path):
 
 
 def test_a_family_without_example_costs_is_told_to_use_batch_size(tmp_path):
-    class NoCosts:  # a task of a family that does not implement example_costs
-        def build_dataset(self):
-            return list(range(10))
+    from ragr.families import base, register_family
+    from ragr.families.embedder import EmbedderFamily
+    from ragr.registry import families
 
-    engine = Engine.__new__(Engine)
-    engine.t = {"max_tokens_per_batch": 100, "max_steps": None, "epochs": 1, "grad_accum": 1}
-    engine.cfg = {"model": {"family": "my_family"}, "seed": 0}
-    engine.task = NoCosts()
-    with pytest.raises(UserError, match="family 'my_family' does not support it"):
-        engine._schedule(10, list(range(10)))
+    class NoCosts(EmbedderFamily):  # a family (defined at run time) that does not support example costs
+        name = "my_family"
+        token_budget = False
+
+    register_family(NoCosts)
+    try:  # refused when the config is composed, before anything is loaded
+        with pytest.raises(UserError, match="family 'my_family' does not support it; set trainer.batch_size"):
+            compose_config("train", ["model.family=my_family", "trainer.max_tokens_per_batch=100",
+                                     f"output_dir={tmp_path}"])
+        compose_config("train", ["model.family=my_family", f"output_dir={tmp_path}"])  # without a budget it composes
+    finally:
+        families.unregister("my_family")
+        base._LOCAL.pop("my_family", None)
 
 
 @pytest.mark.distributed

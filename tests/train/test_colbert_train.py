@@ -90,28 +90,30 @@ def test_colbert_rejects_a_loss_without_score_matrix(overrides, tmp_path):
 
 def test_own_group_loss_equals_full_matrix_loss_without_in_batch(tiny_bert_nodropout):
     """The in_batch_negatives=false shortcut (only own groups scored) gives InfoNCE's own-group loss."""
+    from ragr.families import get_family
     from ragr.losses.infonce import InfoNCE
     from ragr.models.colbert import ColBERT
-    from ragr.train.colbert_task import ColBERTTask
 
     model = ColBERT.from_pretrained(tiny_bert_nodropout, dim=8).eval()
     q = model.tokenize(["a b", "c d e"], True)
     d = model.tokenize(["x", "y z", "p q r", "s"], False)
     qv, dv = model(**q), model(**d)
     loss_fn = InfoNCE(temperature=0.1, in_batch_negatives=False)
-    short = loss_fn.score_loss(ColBERTTask._own_group_scores(model, qv, q["token_mask"], dv, d["token_mask"]))
+    short = loss_fn.score_loss(get_family("colbert").own_group_scores(model, (qv, q["token_mask"]), (dv, d["token_mask"])))
     full = loss_fn.score_loss(model.score_matrix(qv, q["token_mask"], dv, d["token_mask"]))
     torch.testing.assert_close(short["loss"], full["loss"])
 
 
 def test_chunked_token_vectors_equal_one_padded_forward(tiny_bert_nodropout):
+    from ragr.families import get_family
+    from ragr.families.forward import ChunkedForward
     from ragr.models.colbert import ColBERT
-    from ragr.train.colbert_task import ColBERTTask
 
     model = ColBERT.from_pretrained(tiny_bert_nodropout, dim=8, max_doc_length=64).eval()
     texts = ["short", "a much longer document " * 6, "mid sized text here", "x"]
     feats = model.tokenize(texts, is_query=False)
     with torch.no_grad():
         plain = model(**feats)
-        chunked = ColBERTTask.embed(model, feats, chunk_size=2)
+        chunked, mask = get_family("colbert").encode(ChunkedForward(model, model, "cpu", chunk_size=2), texts, is_query=False)
     torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-4)
+    assert torch.equal(mask, feats["token_mask"])

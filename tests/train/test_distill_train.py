@@ -79,12 +79,12 @@ def test_tiny_distill_moves_the_student_toward_the_teacher(minilm_teacher, tiny_
 
 def test_teacher_scores_are_the_reranker_scores_and_are_cached(tiny_teacher, tiny_bert, data_dir, tmp_path, monkeypatch):
     """First run scores; a re-run reuses; --rescore recomputes; another data file or teacher gets another entry."""
-    import ragr.train.distill_task as dt
+    import ragr.train.teacher as teacher_mod
     from ragr import Reranker
 
     loads = []
-    real = dt.load_teacher
-    monkeypatch.setattr(dt, "load_teacher", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = teacher_mod.load_teacher
+    monkeypatch.setattr(teacher_mod, "load_teacher", lambda *a, **k: loads.append(a) or real(*a, **k))
     run = tmp_path / "run"
     args = [f"teacher.name_or_path={tiny_teacher}", "student.max_length=32", "trainer.eval_before=false",
             "trainer.eval_after=false", *common(tiny_bert, data_dir, run)]
@@ -294,7 +294,7 @@ def test_generative_llm_teacher_scores_p_yes_with_one_forward_pass_per_batch(tin
 def test_agreement_metrics_match_scipy():
     from scipy.stats import spearmanr
 
-    from ragr.train.distill_task import agreement, spearman
+    from ragr.eval.agreement import agreement, spearman
 
     rng = np.random.default_rng(0)
     student = [rng.normal(size=5).round(1).tolist() for _ in range(6)] + [[1.0, 1.0, 2.0, 2.0]]
@@ -312,12 +312,12 @@ def test_agreement_metrics_match_scipy():
     ("colbert", "llm_yes", (0.02, 1.0)), ("minilm", None, (1.0, 1.0))])
 def test_null_temperatures_are_the_natural_scale_of_each_side(student, teacher_family, want, tmp_path):
     from ragr.config import compose_config
-    from ragr.train.distill_task import ScoreDistillTask
+    from ragr.train.job import TrainingJob
 
-    task = ScoreDistillTask(compose_config("distill", [f"student={student}", f"output_dir={tmp_path}"]), quiet=True)
-    task.teacher_family = teacher_family
-    loss = task.build_loss()
+    job = TrainingJob(compose_config("distill", [f"student={student}", f"output_dir={tmp_path}"]), quiet=True)
+    job.objective.teacher_family = teacher_family  # as labelling with a teacher of that family sets it
+    loss = job.build_loss()
     assert (loss.temperature, loss.teacher_temperature) == want
-    explicit = ScoreDistillTask(compose_config("distill", [f"student={student}", "loss.temperature=0.5",
-                                                           "loss.teacher_temperature=2"]), quiet=True).build_loss()
+    explicit = TrainingJob(compose_config("distill", [f"student={student}", "loss.temperature=0.5",
+                                                      "loss.teacher_temperature=2"]), quiet=True).build_loss()
     assert (explicit.temperature, explicit.teacher_temperature) == (0.5, 2.0)

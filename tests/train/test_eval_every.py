@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from ragr.config import compose_config
 from ragr.errors import UserError
 from ragr.launch.local import run_local
-from ragr.train.tasks import EmbedderTask
+from ragr.train.job import TrainingJob
 
 
 def train(overrides):
@@ -29,9 +29,9 @@ def test_best_model_is_the_one_with_the_best_scripted_metric(tiny_overrides, tmp
     def fake_evaluate(self, model, rows, progress=None):
         seen.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         value = scripted[len(seen) - 1]
-        return {"map": value / 2, "ndcg@10": value, "num_queries": len(rows), "num_skipped": 0}
+        return {"map": value / 2, "ndcg@10": value, "num_queries": len(rows["eval"]), "num_skipped": 0}
 
-    monkeypatch.setattr(EmbedderTask, "evaluate", fake_evaluate)
+    monkeypatch.setattr(TrainingJob, "evaluate", fake_evaluate)
     run = tmp_path / "run"
     res = train(tiny_overrides + ["trainer.max_steps=6", "trainer.eval_every=2", "trainer.save_every=2",
                                   "trainer.save_total_limit=1", "trainer.lr=1e-3"])
@@ -55,7 +55,8 @@ def test_best_model_is_the_one_with_the_best_scripted_metric(tiny_overrides, tmp
 
 def test_best_model_reloads_and_scores_what_was_logged(tiny_overrides, tmp_path, data_dir):
     from ragr.data.formats import load_rerank_file
-    from ragr.eval.rerank import evaluate_embedder
+    from ragr.eval.rerank import evaluate
+    from ragr.families import get_family
     from ragr.models.embedder import Embedder
 
     run = tmp_path / "run"
@@ -66,7 +67,8 @@ def test_best_model_reloads_and_scores_what_was_logged(tiny_overrides, tmp_path,
     best = json.loads((run / "best" / "best.json").read_text())
     assert best["value"] == max(v for _, v in logged)
     assert best["step"] == min(s for s, v in logged if v == best["value"])  # the first of equal scores is kept
-    again = evaluate_embedder(Embedder.from_pretrained(str(run / "best")), load_rerank_file(str(data_dir / "dev.jsonl")))
+    again = evaluate(get_family("embedder").scorer(Embedder.from_pretrained(str(run / "best"))),
+                     load_rerank_file(str(data_dir / "dev.jsonl")))
     assert again["map"] == pytest.approx(best["value"], abs=1e-6)
 
 

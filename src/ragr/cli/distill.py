@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         ragr distill recipe=stella-jasper-stage3 teacher.name_or_path=vectors.npy data.train=texts.jsonl
         """
         from ragr.config import compose_config, to_yaml
-        from ragr.train.distill_task import run_distill
+        from ragr.train.distill import run_distill
         from ragr.ui import Console
 
         cfg = compose_config("distill", overrides or [])
@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
             return
         console = Console(quiet=quiet)
         results = run_distill(cfg, quiet=quiet)
+        if not results:  # a machine other than machine 0 of a multi-node run
+            return
         before, after = results.get("before") or {}, results.get("after") or {}
         print_metrics_table(console, "dev metrics", {"before": before, "after": after})
         rows = []

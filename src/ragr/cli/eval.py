@@ -88,13 +88,8 @@ def eval_family(model_cfg: dict) -> str:
     return model_cfg["family"]
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _load_embedder(model_cfg: dict):
+    from ragr.device import default_device
     from ragr.models import build_model
 
     if model_cfg["family"] == "embedder":
@@ -103,31 +98,32 @@ def _load_embedder(model_cfg: dict):
         from ragr.models.embedder import Embedder
 
         model = Embedder.from_pretrained(model_cfg["name_or_path"])
-    return model.to(_device()).eval()
+    return model.to(default_device()).eval()
 
 
 def _rerank_evaluator(cfg: dict) -> tuple[str, Callable[..., dict], Callable[[list], int]]:
-    """(family, evaluate(rows, progress) -> metrics, count(rows) -> progress total) for the configured model."""
-    from ragr.eval.rerank import count_pairs, count_texts, evaluate_embedder, evaluate_reranker
-    from ragr.models import build_model
+    """(family, evaluate(rows, progress) -> metrics, count(rows) -> progress total) for the configured model.
+
+    One path for every family (:func:`ragr.eval.rerank.evaluate`): the configured family builds the model
+    and its scorer scores; a folder holding another family is loaded through the Reranker API.
+    """
+    from ragr.device import default_device
+    from ragr.eval.rerank import count_items, evaluate
+    from ragr.families import get_family
+    from ragr.infer.reranker import Reranker
+    from ragr.registry import families
 
     family = eval_family(cfg["model"])
     bs, ks = cfg["eval"]["batch_size"], cfg["eval"]["ks"]
     if family == "embedder":
-        model = _load_embedder(cfg["model"])
-        return family, lambda rows, progress: evaluate_embedder(model, rows, batch_size=bs, ks=ks, progress=progress), count_texts
-    # every other family scores (query, candidate) pairs through the Reranker API
-    from ragr.infer.reranker import Reranker
-
-    reranker = None
-    if family == cfg["model"]["family"]:
-        model = build_model(cfg["model"])
-        if callable(getattr(model, "score_pairs", None)):
-            model.to(_device()).eval()
-            reranker = Reranker.from_scorer(model, batch_size=bs)
-    if reranker is None:
-        reranker = Reranker(cfg["model"]["name_or_path"], family=family, batch_size=bs)
-    return family, lambda rows, progress: evaluate_reranker(reranker, rows, ks=ks, progress=progress), count_pairs
+        scorer = get_family("embedder").scorer(_load_embedder(cfg["model"]))
+    elif family == cfg["model"]["family"] and family in families:
+        fam = get_family(family)
+        scorer = fam.scorer(fam.build(cfg["model"]).to(default_device()).eval())
+    else:
+        scorer = Reranker(cfg["model"]["name_or_path"], family=family, batch_size=bs)
+    return (family, lambda rows, progress: evaluate(scorer, rows, batch_size=bs, ks=ks, progress=progress),
+            lambda rows: count_items(scorer, rows))
 
 
 # ---------------------------------------------------------------------------------------------

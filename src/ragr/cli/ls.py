@@ -6,7 +6,7 @@ import typer
 
 from ragr.cli.common import handle_errors
 
-KINDS = ("models", "losses", "launchers", "tasks", "rerankers", "recipes", "groups")
+KINDS = ("models", "losses", "launchers", "rerankers", "recipes", "groups")
 
 
 def recipe_command(path) -> str:

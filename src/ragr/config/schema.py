@@ -74,6 +74,7 @@ class LauncherConfig:
     fsdp_version: Literal[1, 2] = 2
     sharding: Literal["full_shard", "shard_grad_op"] = "full_shard"   # fsdp
     layer_cls: Optional[list[str]] = None     # fsdp: layer class names to wrap (default: found from the model)
+    timeout_s: float = 300.0                  # a training step stuck this long on any rank is an error, not a hang
 
 
 @dataclass
@@ -210,13 +211,13 @@ MODEL_COMMON = ("preset", "family", "name_or_path")
 
 
 def check_model_config(node: Any, path: str) -> None:
-    """Check a model node: ``family`` picks the model class; other keys must be its ``from_pretrained`` arguments."""
-    from ragr.registry import families
+    """Check a model node: ``family`` picks the model family; other keys must be its ``from_pretrained`` arguments."""
+    from ragr.families import get_family
 
     if not isinstance(node, dict) or "family" not in node or "name_or_path" not in node:
         raise UserError(f"config key '{path}' must be a mapping with 'family' and 'name_or_path'")
-    cls = families.get(node["family"])
-    check_kwargs(node, cls.from_pretrained, path, skip=MODEL_COMMON, runtime=getattr(cls, "runtime_args", ()))
+    family = get_family(node["family"])
+    check_kwargs(node, family.options(), path, skip=MODEL_COMMON, runtime=family.runtime_args())
 
 
 def check_kwargs(node: dict[str, Any], fn: Any, path: str, skip: tuple[str, ...] = ("name",),
@@ -243,8 +244,8 @@ def check_kwargs(node: dict[str, Any], fn: Any, path: str, skip: tuple[str, ...]
 def validate(command: str, cfg: dict[str, Any]) -> None:
     """Validate a resolved config (plain dict) for ``command``; raises UserError naming the key."""
     check_fields(cfg, SCHEMAS[command], "")
-    if command == "distill":  # teacher / student nodes instead of model: see ragr.train.distill_task
-        from ragr.train.distill_task import validate_distill
+    if command == "distill":  # teacher / student nodes instead of model
+        from ragr.config.checks import validate_distill
 
         return validate_distill(cfg)
     check_model_config(cfg["model"], "model")
@@ -253,14 +254,8 @@ def validate(command: str, cfg: dict[str, Any]) -> None:
 
         launchers.get(cfg["launcher"]["name"])
     if "loss" in cfg:
+        from ragr.config.checks import check_training
         from ragr.losses import check_loss_config
-        from ragr.registry import tasks
 
         check_loss_config(cfg["loss"], "loss")
-        family = cfg["model"]["family"]
-        allowed = getattr(tasks.get(family), "losses", None) if family in tasks else None
-        if allowed and cfg["loss"]["name"] not in allowed:
-            hint = {"embedder": " (for a reranker, add task=reranker)", "colbert": ""}.get(
-                family, " (task=reranker selects one)")
-            raise UserError(f"loss '{cfg['loss']['name']}' cannot train a {family} model; "
-                            f"choose loss={' or loss='.join(allowed)}{hint}")
+        check_training(cfg, "model", ("labels", "positives"))

@@ -1,4 +1,11 @@
-"""Reranking evaluation on the MTEB layout: score each query's candidates, then rank metrics."""
+"""Reranking evaluation on the MTEB layout: one path for every family.
+
+:func:`evaluate` takes a :class:`ragr.infer.Scorer` (a family's ``scorer(model)`` for a live model, a
+loaded one, or a :class:`ragr.infer.Reranker`) and the rows ``{"query", "positive", "negative"[, "prompt"]}``.
+Scorers that encode texts separately (embedder, ColBERT) implement ``score_groups`` and encode each
+distinct text once; the others score (query, candidate) pairs through the Reranker API. Training-time
+evaluation, ``ragr eval``, distillation agreement and ColBERT all come through here.
+"""
 
 from __future__ import annotations
 
@@ -10,65 +17,41 @@ from ragr.eval.metrics import rerank_metrics
 HEADLINE = ("map", "mrr@10", "ndcg@10")
 
 
-def evaluate_embedder(model, rows: list[dict[str, Any]], batch_size: int = 64, ks: Sequence[int] = (1, 3, 5, 10),
-                      progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Cosine-score every (query, candidate) of ``rows`` with an embedder and compute the metrics.
-
-    Each distinct text is encoded once; scores are computed in fp32.
-    """
-    queries = sorted({(r.get("prompt") or "") + r["query"] for r in rows})
-    docs = sorted({d for r in rows for d in r["positive"] + r["negative"]})
-    q_emb = model.encode(queries, is_query=True, batch_size=batch_size, progress=progress)
-    d_emb = model.encode(docs, is_query=False, batch_size=batch_size, progress=progress)
-    q_at = {t: i for i, t in enumerate(queries)}
-    d_at = {t: i for i, t in enumerate(docs)}
-    scores, labels = [], []
-    for r in rows:
-        cands = r["positive"] + r["negative"]
-        q = q_emb[q_at[(r.get("prompt") or "") + r["query"]]]
-        d = d_emb[[d_at[c] for c in cands]]
-        scores.append((d.float() @ q.float()).tolist())
-        labels.append([1] * len(r["positive"]) + [0] * len(r["negative"]))
-    return rerank_metrics(scores, labels, ks=ks)
+def _groups(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[list[int]]]:
+    queries = [(r.get("prompt") or "") + r["query"] for r in rows]
+    cands = [r["positive"] + r["negative"] for r in rows]
+    labels = [[1] * len(r["positive"]) + [0] * len(r["negative"]) for r in rows]
+    return queries, cands, labels
 
 
-def count_texts(rows: list[dict[str, Any]]) -> int:
-    """How many texts :func:`evaluate_embedder` encodes (for progress bars)."""
-    return len({(r.get("prompt") or "") + r["query"] for r in rows}) + len(
-        {d for r in rows for d in r["positive"] + r["negative"]}
-    )
-
-
-def evaluate_reranker(reranker, rows: list[dict[str, Any]], batch_size: int = 64, ks: Sequence[int] = (1, 3, 5, 10),
-                      progress: Callable[[float], None] | None = None) -> dict[str, float]:
-    """Score every (query, candidate) of ``rows`` with a reranker and compute the metrics.
-
-    Args:
-        reranker: a :class:`ragr.infer.Reranker`, or a bare scorer (a model being trained), which is
-            wrapped with ``batch_size``.
-        rows: MTEB reranking rows ``{"query", "positive", "negative"[, "prompt"]}``.
-        batch_size: pairs per forward pass when ``reranker`` is a bare scorer.
-        ks: metric cutoffs.
-        progress: called with the number of pairs scored.
-    """
+def score_groups(scorer, queries: list[str], candidates: list[list[str]], batch_size: int = 64,
+                 progress: Callable[[float], None] | None = None) -> list[list[float]]:
+    """Raw scores of each query's candidates, through the scorer's own ``score_groups`` when it has one."""
+    inner = getattr(scorer, "scorer", scorer)  # a Reranker wraps a scorer
+    if callable(getattr(inner, "score_groups", None)) and getattr(scorer, "long_doc", "truncate") == "truncate":
+        return inner.score_groups(queries, candidates, batch_size=batch_size, progress=progress)
     from ragr.infer.reranker import Reranker
 
-    if not isinstance(reranker, Reranker):
-        reranker = Reranker.from_scorer(reranker, batch_size=batch_size)
-    pairs, labels = [], []
-    for r in rows:
-        q = (r.get("prompt") or "") + r["query"]
-        cands = r["positive"] + r["negative"]
-        pairs.extend((q, c) for c in cands)
-        labels.append([1] * len(r["positive"]) + [0] * len(r["negative"]))
-    flat = reranker.score(pairs, progress=progress)
-    scores, at = [], 0
-    for lab in labels:
-        scores.append(flat[at : at + len(lab)])
-        at += len(lab)
-    return rerank_metrics(scores, labels, ks=ks)
+    rr = scorer if isinstance(scorer, Reranker) else Reranker.from_scorer(scorer, batch_size=batch_size)
+    flat = rr.score([(q, c) for q, cs in zip(queries, candidates) for c in cs], progress=progress)
+    out, at = [], 0
+    for cs in candidates:
+        out.append(list(flat[at : at + len(cs)]))
+        at += len(cs)
+    return out
 
 
-def count_pairs(rows: list[dict[str, Any]]) -> int:
-    """How many (query, candidate) pairs :func:`evaluate_reranker` scores (for progress bars)."""
+def evaluate(scorer, rows: list[dict[str, Any]], batch_size: int = 64, ks: Sequence[int] = (1, 3, 5, 10),
+             progress: Callable[[float], None] | None = None) -> dict[str, float]:
+    """Score every (query, candidate) of ``rows`` with ``scorer`` and compute the rank metrics."""
+    queries, cands, labels = _groups(rows)
+    return rerank_metrics(score_groups(scorer, queries, cands, batch_size, progress), labels, ks=ks)
+
+
+def count_items(scorer, rows: list[dict[str, Any]]) -> int:
+    """Progress-bar total of :func:`evaluate`: distinct texts for encoding scorers, pairs otherwise."""
+    inner = getattr(scorer, "scorer", scorer)
+    if callable(getattr(inner, "score_groups", None)) and getattr(scorer, "long_doc", "truncate") == "truncate":
+        return len({(r.get("prompt") or "") + r["query"] for r in rows}) + len(
+            {d for r in rows for d in r["positive"] + r["negative"]})
     return sum(len(r["positive"]) + len(r["negative"]) for r in rows)

@@ -133,20 +133,29 @@ def _entry_point(name: str):
 
 
 def scorer_class(family: str) -> type:
-    """The Scorer class of ``family``: built-in registry, :func:`register_scorer`, then entry points."""
-    from ragr.registry import scorers
+    """The Scorer class of ``family``: :func:`register_scorer`, a model family's scorer, inference-only
+    registry entries, then entry points."""
+    from ragr.registry import families, scorers
 
     if family in _LOCAL:
         cls = _LOCAL[family]
-    elif family in scorers:
+    elif family in families or family in scorers:
         try:
-            cls = scorers.get(family)
+            if family in families:
+                from ragr.families import get_family
+
+                cls = get_family(family).scorer_class()
+            else:
+                cls = scorers.get(family)
         except (ImportError, AttributeError) as exc:
             raise UserError(f"reranker family '{family}' is registered but cannot be imported ({exc})") from None
     else:
         ep = _entry_point(family)
         if ep is None:
-            scorers.get(family)  # raises the unknown-name UserError with a hint
+            choices = sorted(set(families.names()) | set(scorers.names()))
+            from ragr.errors import did_you_mean
+
+            raise UserError(f"unknown reranker family '{family}'{did_you_mean(family, choices)}; choices: {', '.join(choices)}")
         cls = ep.load()
     if not all(callable(getattr(cls, m, None)) for m in ("load", "score_pairs")):
         raise UserError(f"reranker family '{family}' ({cls.__name__}) does not implement the Scorer interface (load, score_pairs)")

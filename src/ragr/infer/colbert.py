@@ -131,6 +131,21 @@ class ColBERTScorer(Scorer):
         values, order = torch.topk(scores, k)
         return list(zip(order.tolist(), values.tolist()))
 
+    def score_groups(self, queries: Sequence[str], candidates: Sequence[Sequence[str]], batch_size: int | None = None,
+                     progress: Callable[[int], None] | None = None) -> list[list[float]]:
+        """Each query's candidates MaxSim-scored; each distinct text is encoded once (for evaluation)."""
+        m, bs = self.model, batch_size or self.batch_size
+        uq = sorted(set(queries))
+        ud = sorted({d for cs in candidates for d in cs})
+        q_vecs = dict(zip(uq, m.encode(uq, is_query=True, batch_size=bs, progress=progress)))
+        d_vecs = dict(zip(ud, m.encode(ud, is_query=False, batch_size=bs, progress=progress)))
+        out = []
+        for qt, cs in zip(queries, candidates):
+            q, q_mask = pad_vectors([q_vecs[qt]])
+            d, d_mask = pad_vectors([d_vecs[c] for c in cs])
+            out.append(maxsim(q, q_mask, d, d_mask, m.normalize_by_query_length, m.max_score_elements)[0].tolist())
+        return out
+
     def doc_budget(self, query: str) -> int:
         """Document tokens per window for ``long_doc="max-chunk"`` (documents are encoded without the query)."""
         return max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False))
@@ -138,25 +153,3 @@ class ColBERTScorer(Scorer):
     def normalize(self, score: float) -> float:
         """A length-normalized MaxSim lies in [-1, 1]: mapped linearly to [0, 1]; an unnormalized sum: sigmoid."""
         return (score + 1.0) / 2.0 if self.model.normalize_by_query_length else super().normalize(score)
-
-
-def evaluate_colbert(model: ColBERT, rows: list[dict[str, Any]], batch_size: int = 32, ks: Sequence[int] = (1, 3, 5, 10),
-                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """MaxSim-score every (query, candidate) of MTEB-layout reranking ``rows`` and compute the rank metrics.
-
-    Each distinct text is encoded once (same count as :func:`ragr.eval.rerank.count_texts`).
-    """
-    from ragr.eval.metrics import rerank_metrics
-
-    queries = sorted({(r.get("prompt") or "") + r["query"] for r in rows})
-    docs = sorted({d for r in rows for d in r["positive"] + r["negative"]})
-    q_vecs = dict(zip(queries, model.encode(queries, is_query=True, batch_size=batch_size, progress=progress)))
-    d_vecs = dict(zip(docs, model.encode(docs, is_query=False, batch_size=batch_size, progress=progress)))
-    scores, labels = [], []
-    for r in rows:
-        cands = r["positive"] + r["negative"]
-        q, q_mask = pad_vectors([q_vecs[(r.get("prompt") or "") + r["query"]]])
-        d, d_mask = pad_vectors([d_vecs[c] for c in cands])
-        scores.append(maxsim(q, q_mask, d, d_mask, model.normalize_by_query_length, model.max_score_elements)[0].tolist())
-        labels.append([1] * len(r["positive"]) + [0] * len(r["negative"]))
-    return rerank_metrics(scores, labels, ks=ks)

@@ -47,6 +47,18 @@ class EmbedderScorer(Scorer):
         di = torch.tensor([d_at[x] for x in docs])
         return (q[qi] * d[di]).sum(-1).tolist()
 
+    def score_groups(self, queries: list[str], candidates: list[list[str]], batch_size: int = 64,
+                     progress=None) -> list[list[float]]:
+        """Each query's candidates scored by the dot product of the model's vectors (the training
+        similarity; cosine for a normalizing model); each distinct text is encoded once, fp32."""
+        uq = sorted(set(queries))
+        ud = sorted({d for cs in candidates for d in cs})
+        q = self.model.encode(uq, is_query=True, batch_size=batch_size, progress=progress).float()
+        d = self.model.encode(ud, is_query=False, batch_size=batch_size, progress=progress).float()
+        q_at = {t: i for i, t in enumerate(uq)}
+        d_at = {t: i for i, t in enumerate(ud)}
+        return [(d[[d_at[c] for c in cs]] @ q[q_at[qt]]).tolist() for qt, cs in zip(queries, candidates)]
+
     def doc_budget(self, query: str) -> int:
         prompt = self.model.doc_prompt
         n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0

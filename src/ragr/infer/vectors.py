@@ -49,11 +49,9 @@ def teacher_text(rec: dict[str, Any]) -> str:
 def _auto_dtype(dtype: str):
     import torch
 
-    from ragr.infer.reranker import parse_dtype
+    from ragr.device import compute_dtype
 
-    if dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return parse_dtype(dtype) or torch.float32
+    return compute_dtype(dtype) or torch.float32
 
 
 def embed_file(models: Sequence[str], input_path: str, output_path: str, batch_size: int = 64, dtype: str = "auto",

@@ -18,14 +18,10 @@ DISTRIBUTED = ("ddp", *ZERO_STAGES, "fsdp")
 
 
 def mixed_precision(precision: str, cuda: bool) -> str:
-    """accelerate's ``mixed_precision`` for ``trainer.precision`` (``auto``: bf16 on a bf16-capable GPU)."""
-    if precision == "auto":
-        if not cuda:
-            return "no"
-        import torch
+    """accelerate's ``mixed_precision`` for ``trainer.precision`` (the rule is :mod:`ragr.device`'s)."""
+    from ragr.device import mixed_precision as rule
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no"}.get(precision, precision)
+    return rule(precision, cuda)
 
 
 def accelerate_config(

@@ -149,7 +149,7 @@ def write_run_files(cfg: dict[str, Any], cuda: bool) -> tuple[Path, Path, str, i
     if launcher["name"] == "fsdp":
         from ragr.launch.layers import layer_classes_for_model
 
-        layer_cls = launcher.get("layer_cls") or layer_classes_for_model(cfg["model"])
+        layer_cls = launcher.get("layer_cls") or layer_classes_for_model(cfg["student"] if "student" in cfg else cfg["model"])
     acc_cfg = accelerate_config(launcher, cfg["trainer"], cuda=cuda, main_process_ip=ip, main_process_port=port,
                                 layer_cls=layer_cls)
     # one accelerate config per machine: on a shared filesystem the machines must not overwrite each other's

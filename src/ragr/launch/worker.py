@@ -35,13 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rank = int(os.environ.get("RANK", "0"))
     launch_dir = Path(args.launch_dir)
+    os.environ["RAGR_LAUNCH_DIR"] = str(launch_dir)  # the step watchdog leaves its error here
     try:
-        from ragr.registry import tasks
         from ragr.train.engine import Engine
+        from ragr.train.job import TrainingJob
 
         cfg = load_frozen_config(args.config)
-        engine = Engine(cfg, tasks.get(cfg["model"]["family"])(cfg), quiet=args.quiet)
+        job = TrainingJob(cfg, quiet=args.quiet)
+        engine = Engine(cfg, job, quiet=args.quiet)
         results = engine.run()
+        if job.distill:
+            from ragr.train.job import agreement_note
+
+            results["agreement_on"] = agreement_note(job)
     except UserError as exc:
         launch_dir.mkdir(parents=True, exist_ok=True)
         (launch_dir / f"error-rank{rank}.txt").write_text(str(exc))

@@ -84,6 +84,9 @@ class ScoreDistillLoss(nn.Module):
 
     #: which teacher scores the task passes: ``raw`` (logits, cosines) or ``prob`` (in [0, 1])
     teacher_space: ClassVar[str] = "raw"
+    objective: ClassVar[str] = "grouped"
+    consumes: ClassVar[tuple[str, ...]] = ("pair_scores",)
+    targets: ClassVar[str] = "teacher"
 
     def __init__(self, temperature: float | None = None, hard_weight: float = 0.0) -> None:
         super().__init__()

@@ -6,21 +6,15 @@ with DDP averaging the parameter gradients, a gathered loss then has exactly the
 process holding the combined batch.
 
 Text keys (64-bit hashes of normalized texts, made by the collator) let a loss recognise the same
-document on another rank: :func:`batch_text_keys` publishes a batch's keys to the losses computed
-inside it, so wrappers (MRL) and tasks need not pass them through.
+document on another rank; the contrastive objective passes them to the loss with the batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 import torch.distributed as dist
-
-_KEYS: ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = ContextVar("ragr_text_keys", default=None)
 
 
 def text_key(text: str) -> int:
@@ -78,23 +72,3 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x
     return _gather_padded(x, _sizes(x.shape[0], x.device))
-
-
-@contextmanager
-def batch_text_keys(doc_keys: torch.Tensor | None, pos_keys: torch.Tensor | None) -> Iterator[None]:
-    """Make a batch's text keys visible to losses computed inside the block.
-
-    Args:
-        doc_keys: ``[N]`` int64, the key of each (flattened) document.
-        pos_keys: ``[B, P]`` int64, the keys of each query's positives, padded with -1.
-    """
-    token = _KEYS.set((doc_keys, pos_keys) if doc_keys is not None and pos_keys is not None else None)
-    try:
-        yield
-    finally:
-        _KEYS.reset(token)
-
-
-def current_text_keys() -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The ``(doc_keys, pos_keys)`` published by the innermost :func:`batch_text_keys`, if any."""
-    return _KEYS.get()

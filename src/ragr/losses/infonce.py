@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ragr.losses.gather import all_gather_no_grad, all_gather_with_grad, current_text_keys, is_distributed
+from ragr.losses.gather import all_gather_no_grad, all_gather_with_grad, is_distributed
 
 
 class InfoNCE(nn.Module):
@@ -33,7 +33,7 @@ class InfoNCE(nn.Module):
         false_negatives: optional bool ``[B, B * G]``; True marks a document that is another positive
             of the query (same text), which is removed from the softmax instead of counting as negative.
         doc_keys / pos_keys: optional text keys (``[B * G]`` and ``[B, P]`` padded with -1) for the
-            cross-rank mask; by default those published by :func:`ragr.losses.gather.batch_text_keys`.
+            cross-rank mask (the collator makes them; the contrastive objective passes them on).
 
     Returns:
         ``{"loss": mean cross-entropy}``.
@@ -41,6 +41,10 @@ class InfoNCE(nn.Module):
     References:
         van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018.
     """
+
+    objective = "contrastive"
+    consumes = ("vectors", "multivectors")
+    targets = "positives"
 
     def __init__(self, temperature: float = 0.05, in_batch_negatives: bool = True,
                  gather_across_ranks: bool = False) -> None:
@@ -98,8 +102,6 @@ class InfoNCE(nn.Module):
         mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         if false_negatives is not None:
             mask[:, offset : offset + n] = false_negatives.to(scores.device)
-        if doc_keys is None or pos_keys is None:
-            doc_keys, pos_keys = current_text_keys() or (None, None)
         if doc_keys is not None and pos_keys is not None:
             all_keys = all_gather_no_grad(doc_keys.to(scores.device))
             mask |= (all_keys[None, :, None] == pos_keys.to(scores.device)[:, None, :]).any(-1)

@@ -31,6 +31,10 @@ class MatryoshkaLoss(nn.Module):
 
     runtime_args = ("embed_dim",)
 
+    objective = "contrastive"
+    consumes = ("vectors",)
+    targets = "positives"
+
     def __init__(
         self,
         inner: nn.Module,
@@ -53,13 +57,14 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError("MRL needs at least one dimension no larger than the embedding width")
         self.inner, self.dims, self.weights = inner, dims, weights
 
-    def forward(self, queries: torch.Tensor, docs: torch.Tensor, false_negatives: torch.Tensor | None = None):
+    def forward(self, queries: torch.Tensor, docs: torch.Tensor, false_negatives: torch.Tensor | None = None,
+                **keys: torch.Tensor | None):
         parts: dict[str, torch.Tensor] = {}
         total = queries.new_zeros((), dtype=torch.float32)
         for d, w in zip(self.dims, self.weights):
             q = F.normalize(queries[:, :d], dim=-1)
             p = F.normalize(docs[:, :d], dim=-1)
-            loss = self.inner(q, p, false_negatives)["loss"]
+            loss = self.inner(q, p, false_negatives, **keys)["loss"]
             parts[f"loss@{d}"] = loss.detach()
             total = total + w * loss
         return {"loss": total / sum(self.weights), **parts}

@@ -15,7 +15,12 @@ from torch import nn
 
 
 class RerankLoss(nn.Module):
-    """Base class of the reranker losses (the reranker task accepts only these)."""
+    """Base class of the reranker losses: scores ``[B, G]`` of each query's group against hard labels."""
+
+    #: the training objective that feeds this loss, what it consumes, and where its targets come from
+    objective = "grouped"
+    consumes = ("pair_scores",)
+    targets = "labels"
 
     def __call__(self, *args, **kwargs):
         if len(args) + len(kwargs) != 2:  # called by another family's task (embeddings, masks ...)

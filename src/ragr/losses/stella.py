@@ -154,6 +154,10 @@ class StellaLoss(nn.Module):
 
     runtime_args = ("embed_dim",)
 
+    objective = "vectors"
+    consumes = ("vectors",)
+    targets = "teacher_vectors"
+
     def __init__(self, cosine_weight: float = 10.0, similarity_weight: float = 200.0, hinge_weight: float = 20.0,
                  margin: float = 0.015, dims: Sequence[int] | None = None, embed_dim: int | None = None) -> None:
         super().__init__()

@@ -1,12 +1,13 @@
-"""Model families: build, save and load. Families are looked up in :data:`ragr.registry.families`."""
+"""Model classes (embedder, colbert, cross_encoder, llm_reranker): build, save and load.
+
+Which class a config node builds is decided by its family (:mod:`ragr.families`).
+"""
 
 from __future__ import annotations
 
 
 def build_model(model_cfg: dict, **runtime):
-    """Builder: the ``model`` config node, flattened into the family class's ``from_pretrained`` arguments."""
-    from ragr.registry import families
+    """Builder: the ``model`` config node, flattened into its family's ``from_pretrained`` arguments."""
+    from ragr.families import get_family
 
-    cls = families.get(model_cfg["family"])
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("preset", "family", "name_or_path")}
-    return cls.from_pretrained(model_cfg["name_or_path"], **kwargs, **runtime)
+    return get_family(model_cfg["family"]).build(model_cfg, **runtime)

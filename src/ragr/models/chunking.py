@@ -85,15 +85,21 @@ def input_embedding_to_share(model: nn.Module, forward) -> nn.Module | None:
 
 
 def forward_chunks(forward, model: nn.Module, order: Sequence[int], chunks: Sequence[dict[str, torch.Tensor]],
-                   post=None) -> torch.Tensor:
+                   post=None, fillers: int = 0) -> torch.Tensor:
     """``forward(**chunk)`` for each chunk, sharing one input-embedding lookup; rows back in input order.
 
     ``order`` lists the input index of each output row, chunk after chunk (a plan flattened); ``post``
     maps each chunk's output before they are joined (ColBERT pads token vectors back to one width).
+    The last ``fillers`` chunks are collective fillers (see :mod:`ragr.families.forward`): they are
+    run, and enter the result multiplied by zero, so their backward runs too.
     """
     with shared_input_embeddings(input_embedding_to_share(model, forward), [c["input_ids"] for c in chunks]):
         parts = [forward(**c) for c in chunks]
+    extra = parts[len(parts) - fillers :] if fillers else []
+    parts = parts[: len(parts) - fillers]
     out = torch.cat([post(p) for p in parts] if post is not None else parts)
+    for filler in extra:
+        out = out + filler.sum() * 0
     at = torch.tensor(list(order), device=out.device)
     inverse = torch.empty_like(at)
     inverse[at] = torch.arange(len(at), device=out.device)

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ragr.models.attention import shape_stable_attention
-from ragr.models.chunking import chunk_overhead, forward_chunks, plan_chunks
 from ragr.models.lora import merged_lora_state
 
 POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
@@ -189,31 +188,6 @@ class Embedder(nn.Module):
         return self.tokenizer(
             [prompt + t for t in texts], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
         )
-
-    def embed(self, texts: Sequence[str], is_query: bool, forward=None, chunk_size: int = 32) -> torch.Tensor:
-        """Embed ``texts`` with gradients, in length-planned chunks of at most ``chunk_size`` to cut padding.
-
-        Each chunk is padded only to its own longest text and all chunks share one input-embedding
-        lookup (see :mod:`ragr.models.chunking`); with attention masks the result equals one plainly
-        padded forward (see tests). ``forward`` is the (possibly DDP-wrapped) module to call.
-        """
-        forward = forward or self
-        device = next(self.parameters()).device
-        order, chunks = self.chunk_features(texts, is_query, chunk_size, chunk_overhead(device))
-        chunks = [{"input_ids": c["input_ids"].to(device), "attention_mask": c["attention_mask"].to(device)} for c in chunks]
-        return forward_chunks(forward, self, order, chunks)
-
-    def chunk_features(self, texts: Sequence[str], is_query: bool, chunk_size: int,
-                       overhead: int) -> tuple[list[int], list[dict]]:
-        """``(order, chunks)``: the chunk plan's order of ``texts`` and each chunk's padded features."""
-        prompt = self.query_prompt if is_query else self.doc_prompt
-        max_len = self.max_query_length if is_query else self.max_doc_length
-        enc = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)
-        ids, masks = enc["input_ids"], enc["attention_mask"]
-        plan = plan_chunks([len(x) for x in ids], chunk_size, overhead)
-        chunks = [self.tokenizer.pad({"input_ids": [ids[i] for i in idx], "attention_mask": [masks[i] for i in idx]},
-                                     return_tensors="pt") for idx in plan]
-        return [i for idx in plan for i in idx], chunks
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)

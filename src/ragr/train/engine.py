@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ragr.device import mixed_precision
 from ragr.errors import UserError
+from ragr.families.forward import ChunkedForward
 from ragr.models.attention import shape_stable_attention
 from ragr.train.rundir import (
     STATE_FILE,
@@ -30,12 +32,6 @@ from ragr.train.rundir import (
     write_manifest,
 )
 from ragr.ui import Console
-
-
-def _precision(requested: str) -> str:
-    if requested == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no"}.get(requested, requested)
 
 
 def _optimizer(model: torch.nn.Module, t: dict[str, Any], fused: bool = True) -> torch.optim.Optimizer:
@@ -61,7 +57,8 @@ def _optimizer(model: torch.nn.Module, t: dict[str, Any], fused: bool = True) ->
 
 
 class Engine:
-    """Train ``task`` as described by the resolved config ``cfg`` into ``cfg["output_dir"]``."""
+    """Train ``task`` (a :class:`ragr.train.job.Job`) as described by the resolved config ``cfg`` into
+    ``cfg["output_dir"]``."""
 
     def __init__(self, cfg: dict[str, Any], task, quiet: bool = False) -> None:
         from accelerate import Accelerator
@@ -73,7 +70,7 @@ class Engine:
         self.run_dir = Path(cfg["output_dir"])
         # DDP: backbones carry weights the loss never uses (BERT's pooler under mean pooling)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        self.accelerator = Accelerator(mixed_precision=_precision(self.t["precision"]), kwargs_handlers=[ddp])
+        self.accelerator = Accelerator(mixed_precision=mixed_precision(self.t["precision"]), kwargs_handlers=[ddp])
         if self._deepspeed() and self._sharded():
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -110,13 +107,10 @@ class Engine:
         """trainer.max_tokens_per_batch: see ragr.train.token_budget (packs fixed by (seed, epoch))."""
         from ragr.train.token_budget import TokenBudgetPlan
 
-        budget, costs = self.t["max_tokens_per_batch"], getattr(self.task, "example_costs", None)
+        budget = self.t["max_tokens_per_batch"]
         if budget < 1:
             raise UserError(f"trainer.max_tokens_per_batch must be >= 1, got {budget}")
-        if costs is None:
-            raise UserError(f"trainer.max_tokens_per_batch: model family '{self.cfg['model']['family']}' does not "
-                            "support it; set trainer.batch_size instead")
-        self._plan = TokenBudgetPlan(costs(dataset), budget, self.cfg["seed"], self.accelerator.num_processes,
+        self._plan = TokenBudgetPlan(self.task.example_costs(dataset), budget, self.cfg["seed"], self.accelerator.num_processes,
                                      self.t["grad_accum"])
         return self._plan
 
@@ -260,7 +254,7 @@ class Engine:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
-        from ragr.losses.gather import batch_text_keys
+        from ragr.train.watchdog import StepWatchdog
 
         acc, t = self.accelerator, self.t
         set_seed(self.cfg["seed"])
@@ -317,12 +311,14 @@ class Engine:
             self._keep_best(model, results["before"], 0)
 
         unwrapped = acc.unwrap_model(model)
+        fwd = ChunkedForward(model, unwrapped, acc.device, t["chunk_size"])
+        watchdog = StepWatchdog(self.cfg["launcher"].get("timeout_s"), acc.process_index, acc.num_processes)
         model.train()
         window: dict[str, float] = {}
         n_window, t0, seen = 0, time.perf_counter(), 0
         a_steps = t["grad_accum"]
         last_saved = start
-        with self.console.progress("train", total, completed=start) as advance:
+        with self.console.progress("train", total, completed=start) as advance, watchdog:
             for step in range(start, total):
                 epoch = step // spe
                 for a in range(a_steps):
@@ -331,18 +327,18 @@ class Engine:
                     if deepspeed:  # DeepSpeed steps at the boundary and divides by grad_accum itself
                         acc.sync_gradients = last
                     sync = nullcontext() if last else acc.no_sync(model)
-                    with sync, acc.autocast(), shape_stable_attention(acc.device), \
-                            batch_text_keys(batch.get("doc_keys"), batch.get("pos_keys")):
-                        out = self.task.compute_loss(model, unwrapped, loss_fn, batch, acc.device)
+                    with watchdog.step(step + 1, a), sync, acc.autocast(), shape_stable_attention(acc.device):
+                        out = self.task.compute_loss(fwd, loss_fn, batch)
                         acc.backward(out["loss"] if deepspeed else out["loss"] / a_steps)
                     for k, v in out.items():
                         window[k] = window.get(k, 0.0) + float(v.detach()) / a_steps
                     seen += len(batch["queries"]) * acc.num_processes
-                if t.get("max_grad_norm"):
-                    acc.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                with watchdog.step(step + 1, "optimizer"):
+                    if t.get("max_grad_norm"):
+                        acc.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 n_window += 1
                 advance(1)
                 done = step + 1

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from ragr.models.chunking import chunk_overhead
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -42,66 +41,74 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
 
 
 class _Side:
-    """One side of the step (queries or documents): its chunks, pass-1 RNG states and embeddings."""
+    """One side of the step (queries or documents): its chunks, pass-1 RNG states and embeddings.
 
-    def __init__(self, forward, unwrapped, texts: Sequence[str], is_query: bool, chunk_size: int, device) -> None:
-        self.forward, self.device = forward, device
-        # the same cut as Embedder.embed (so pass 1 draws the same dropout masks as a plain step)
-        self.order, self.chunks = unwrapped.chunk_features(texts, is_query, chunk_size, chunk_overhead(device))
+    The chunks are the family's collective-safe plan (:class:`ragr.families.forward.ChunkedForward`):
+    the same cut as a plain step, with the count agreed across ranks; filler chunks are run in both
+    passes and receive a zero gradient.
+    """
+
+    def __init__(self, fwd, family, texts: Sequence[str], is_query: bool) -> None:
+        self.forward, self.device = fwd.module, fwd.device
+        lengths, make_chunk = family.prepare(fwd.model, texts, is_query)
+        plan, self.fillers = fwd.plan(lengths)
+        self.chunks = fwd.features(plan, self.fillers, make_chunk)
+        self.order = [i for idx in plan for i in idx]
         self.states = []
         parts = []
         with torch.no_grad():
             for feats in self.chunks:
-                self.states.append(_rng_state(device))
+                self.states.append(_rng_state(self.device))
                 parts.append(self._run(feats))
-        out = torch.cat(parts)
+        out = torch.cat(parts[: len(parts) - self.fillers])
         self.inverse = torch.empty(len(self.order), dtype=torch.long)
         self.inverse[torch.tensor(self.order)] = torch.arange(len(self.order))
         self.embeddings = out[self.inverse.to(out.device)]  # input order
 
     def _run(self, feats: dict) -> torch.Tensor:
-        return self.forward(input_ids=feats["input_ids"].to(self.device),
-                            attention_mask=feats["attention_mask"].to(self.device))
+        return self.forward(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"])
 
     def replay(self, grad: torch.Tensor, sync_last: bool) -> None:
         """Pass 2: re-embed each chunk with gradients and backpropagate its rows of ``grad``."""
         grad = grad[torch.tensor(self.order, device=grad.device)]  # chunk order
         at = 0
         for c, feats in enumerate(self.chunks):
-            n = feats["input_ids"].shape[0]
             last = sync_last and c == len(self.chunks) - 1
             no_sync = getattr(self.forward, "no_sync", None)  # DDP: all-reduce once, on the step's last chunk
             ctx = no_sync() if no_sync is not None and not last else nullcontext()
             with ctx:
                 _set_rng_state(self.states[c], self.device)
                 out = self._run(feats)
+                if c >= len(self.chunks) - self.fillers:  # a collective filler: a zero gradient, the same backward
+                    torch.autograd.backward(out, torch.zeros_like(out))
+                    continue
+                n = feats["input_ids"].shape[0]
                 torch.autograd.backward(out, grad[at : at + n].to(out.dtype))
             at += n
 
 
-def cached_step(forward, unwrapped, loss_fn: Callable[..., dict[str, torch.Tensor]], queries: Sequence[str],
-                docs: Sequence[str], extra: Sequence[Any], chunk_size: int, device) -> dict[str, torch.Tensor]:
+def cached_step(fwd, family, loss_fn: Callable[..., dict[str, torch.Tensor]], queries: Sequence[str],
+                docs: Sequence[str], extra: Sequence[Any], keys: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The loss dict of one contrastive step computed GradCache-style (see the module docstring).
 
     Args:
-        forward: the module to call (possibly DDP-wrapped) with ``input_ids`` / ``attention_mask``.
-        unwrapped: the :class:`~ragr.models.embedder.Embedder` (tokenizer, prompts, lengths).
-        loss_fn: called as ``loss_fn(q_emb.float(), d_emb.float(), *extra)``.
-        chunk_size: texts per forward pass in both passes; memory is bounded by it.
+        fwd: the step's :class:`ragr.families.forward.ChunkedForward` (module to call, model, device, chunk size).
+        family: a family producing ``vectors`` with a ``prepare(model, texts, is_query)`` (the embedder).
+        loss_fn: called as ``loss_fn(q_emb.float(), d_emb.float(), *extra, **keys)``.
 
     Returns:
         The loss dict; ``["loss"]`` has the plain loss's value, and its ``backward()`` re-embeds every
         chunk and accumulates the plain step's gradients into the parameters.
     """
-    device = torch.device(device)
+    device = fwd.device
     dev_type = device.type
     autocast = (torch.is_autocast_enabled(dev_type), torch.get_autocast_dtype(dev_type))
-    q_side = _Side(forward, unwrapped, queries, True, chunk_size, device)
-    d_side = _Side(forward, unwrapped, docs, False, chunk_size, device)
+    q_side = _Side(fwd, family, queries, True)
+    d_side = _Side(fwd, family, docs, False)
     q = q_side.embeddings.detach().float().requires_grad_()
     d = d_side.embeddings.detach().float().requires_grad_()
     with torch.enable_grad():
-        out = loss_fn(q, d, *extra)
+        out = loss_fn(q, d, *extra, **(keys or {}))
         g_q, g_d = torch.autograd.grad(out["loss"], [q, d])
     loss = out["loss"].detach().requires_grad_()
 

@@ -18,7 +18,7 @@ since the cut depends on the order). The run has ``max_steps`` steps or, when th
 into the next epoch's packs. The ``epoch`` the engine logs is nominal (``step // steps_per_epoch``
 with ``steps_per_epoch = K_0 // grad_accum``); the dataset is always set to each pack's true epoch.
 
-An example's cost is its expected token count (see :meth:`ragr.train.tasks.EmbedderTask.example_costs`):
+An example's cost is its expected token count (see :meth:`ragr.families.Family.example_costs`):
 the query's tokens plus the group's size times the mean length of its candidate documents, each
 truncated to the model's limits, so a step's real token count is close to (not bounded by) the budget.
 """
