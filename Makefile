@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: help install demo test test-all bench clean
+.PHONY: help install install-test demo test test-all bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -20,13 +20,16 @@ install: $(BIN)/python  ## create .venv and install ragr (keeps a torch you alre
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@$(BIN)/ragr --help > /dev/null && echo "ragr installed in $(VENV)"
 
+install-test: install  ## install + the test extras: DeepSpeed without CUDA ops (its ZeRO-2/3 CPU tests run)
+	@$(BIN)/python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[deepspeed]"
+
 demo: install  ## fine-tune the bundled MiniLM on the bundled demo data; prints dev metrics before/after
 	$(BIN)/ragr train
 
-test: install  ## run the default test suite (not slow)
+test: install-test  ## run the default test suite (not slow)
 	$(BIN)/python -m pytest -q
 
-test-all: install  ## run every test, slow ones too
+test-all: install-test  ## run every test, slow ones too
 	$(BIN)/python -m pytest -q -m ""
 
 bench: install  ## run the benchmarks (see docs/BENCHMARKS.md)

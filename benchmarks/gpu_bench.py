@@ -362,8 +362,8 @@ def window_rates(snaps: list[tuple[int, float, int, int]], batch: int) -> dict:
 def train_ragr(a, device: str, model_dir: str, data: str, chunk: int, out: str) -> dict:
     from ragr.config import compose_config
     from ragr.launch.local import run_local
-    from ragr.registry import tasks
     from ragr.train.engine import Engine
+    from ragr.train.job import TrainingJob
 
     precision = "bf16" if device.startswith("cuda") else "fp32"
     cfg = compose_config("train", [
@@ -373,7 +373,7 @@ def train_ragr(a, device: str, model_dir: str, data: str, chunk: int, out: str) 
         f"trainer.log_every={a.log_every}", "trainer.save_total_limit=1", "trainer.eval_before=false",
         "trainer.eval_after=false", f"output_dir={out}"])
     counter, snaps = TokenCounter(), []
-    task_cls = tasks.get(cfg["model"]["family"])
+    task_cls = TrainingJob  # every family trains through the one job class
     orig_build, orig_log = task_cls.build_model, Engine._log
 
     def build_model(self):

@@ -70,11 +70,12 @@ def dev_metrics(model_dir: str) -> dict:
     import importlib.resources
 
     from ragr.data.formats import load_rerank_file
-    from ragr.eval.rerank import evaluate_embedder
+    from ragr.eval.rerank import evaluate
+    from ragr.families import get_family
     from ragr.models.embedder import Embedder
 
     dev = importlib.resources.files("ragr") / "resources" / "demo" / "dev.jsonl"
-    m = evaluate_embedder(Embedder.from_pretrained(model_dir), load_rerank_file(str(dev)))
+    m = evaluate(get_family("embedder").scorer(Embedder.from_pretrained(model_dir)), load_rerank_file(str(dev)))
     return {k: m[k] for k in ("map", "mrr@10", "ndcg@10", "recall@10")}
 
 

@@ -123,8 +123,3 @@ def test_embed_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and f"{tmp_path / 't.jsonl'}:2: field 'text'" in res.stderr
     res = invoke("embed", "--model", "nobody/none", "--input", str(tmp_path / "t.jsonl"), "--output", str(tmp_path / "v.npy"))
     assert res.exit_code == 2 and "Traceback" not in res.output
-
-
-def test_distill_runs_in_one_process(tmp_path):
-    res = invoke("distill", "launcher=ddp", "launcher.num_processes=2", f"output_dir={tmp_path / 'o'}")
-    assert res.exit_code == 2 and "launcher=local" in res.stderr and not (tmp_path / "o").exists()

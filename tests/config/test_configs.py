@@ -38,7 +38,7 @@ RERANKER_LOSSES = ("pointwise", "pairwise", "listwise")
 
 def selection_for(group: str, option: str) -> list[str]:
     """``group=option``, plus ``task=reranker`` where the option is a reranker model or loss."""
-    from ragr.registry import tasks
+    from ragr.families import get_family
 
     selection = [f"{group}={option}"]
     if group == "loss" and option in RERANKER_LOSSES:
@@ -47,7 +47,7 @@ def selection_for(group: str, option: str) -> list[str]:
         from omegaconf import OmegaConf
 
         family = OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml")["family"]
-        if "listwise" in getattr(tasks.get(family), "losses", ()):
+        if get_family(family).produces == ("pair_scores",):  # a reranker: the default (contrastive) loss cannot train it
             return selection + ["task=reranker"]
     return selection
 
@@ -88,14 +88,14 @@ def test_command_line_beats_recipe():
         ("model.pooling=max", "'model.pooling' must be one of 'cls', 'mean', 'last'"),
         ("trainer.max_steps=1.5", "'trainer.max_steps' must be int or null"),
         ("launcher.name=nope", "unknown launcher 'nope'"),
-        ("loss=listwise", "loss 'listwise' cannot train a embedder model"),
+        ("model=colbert loss=mrl", "loss 'mrl' cannot train a colbert model"),
         ("model=bge-reranker-base", "task=reranker selects one"),
         ("trainer.lr=", "config key 'trainer.lr'"),
     ],
 )
 def test_config_errors_name_the_key_and_the_nearest_choice(override, needle):
     with pytest.raises(UserError) as err:
-        compose_config("train", [override])
+        compose_config("train", override.split(" "))
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
 

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed,
+pytestmark = [pytest.mark.distributed,  # CI installs ragr[deepspeed] (make test)
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (ragr[deepspeed])")]
 
 

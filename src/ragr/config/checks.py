@@ -37,6 +37,12 @@ def _losses_for(produces: tuple[str, ...], targets: tuple[str, ...]) -> list[str
     return out
 
 
+def _family_names() -> list[str]:
+    from ragr.registry import families
+
+    return families.names()
+
+
 def check_training(cfg: dict[str, Any], node_key: str, targets: tuple[str, ...]) -> None:
     """The family of ``cfg[node_key]`` must produce what the loss's objective consumes, and the trainer and
     launcher settings must be ones that objective and family honour. ``targets``: the loss targets this
@@ -55,8 +61,14 @@ def check_training(cfg: dict[str, Any], node_key: str, targets: tuple[str, ...])
             hint = " (teacher scores and vectors are given by `ragr distill`)"
         elif node_key == "model" and family.produces == ("pair_scores",):
             hint = " (task=reranker selects one)"
+        what = "student" if node_key == "student" else "model"
+        if ok:
+            advice = f"choose loss={' or loss='.join(ok)}{hint}"
+        else:
+            fams = [f for f in _family_names() if set(consumes) & set(get_family(f).produces)]
+            advice = f"use a {what} of a family that produces them (an {' or '.join(fams)} {what})"
         raise UserError(f"loss '{name}' cannot train a {family.name} model: it consumes {' or '.join(consumes) or 'nothing'}, "
-                        f"the family produces {', '.join(family.produces)}; choose loss={' or loss='.join(ok)}{hint}")
+                        f"the family produces {', '.join(family.produces)}; {advice}")
     for key, objectives in OBJECTIVE_SETTINGS.items():
         if trainer.get(key) and objective not in objectives:
             raise UserError(f"trainer.{key} works with the {' / '.join(objectives)} objective (losses like infonce, mrl); "

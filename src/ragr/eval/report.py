@@ -34,7 +34,7 @@ Entry = tuple[str, dict[str, dict[str, Any]]]
 
 def write_json(path: str | Path, report: dict[str, Any]) -> Path:
     """Write ``report`` as indented JSON, atomically."""
-    from ragr.train.rundir import atomic_write_text
+    from ragr.fileio import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,7 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path,
     md = markdown_table(entries, metrics)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ragr.train.rundir import atomic_write_text
+    from ragr.fileio import atomic_write_text
 
     md_path = out / "compare.md"
     atomic_write_text(md_path, md)

@@ -360,7 +360,7 @@ def run_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapp
 
 def write_trec_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str = "ragr") -> None:
     """Write a run in TREC format (``qid Q0 docid rank score tag``), for checking with trec_eval."""
-    from ragr.train.rundir import atomic_write_text
+    from ragr.fileio import atomic_write_text
 
     lines = []
     for qid, hits in run.items():

@@ -66,7 +66,7 @@ def embed_file(models: Sequence[str], input_path: str, output_path: str, batch_s
     from ragr.data.jsonl import JsonlIndex
     from ragr.models.embedder import Embedder
     from ragr.models.hub import resolve_model_path
-    from ragr.train.rundir import sha256_file
+    from ragr.fileio import sha256_file
 
     if not models:
         raise UserError("give at least one --model")

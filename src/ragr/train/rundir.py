@@ -15,26 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ragr.errors import UserError
+from ragr.fileio import atomic_write_text, replace_dir, sha256_file  # noqa: F401 - re-exported
 
 STATE_FILE = "trainer_state.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written ``tmp`` directory to ``final``, replacing an older one without a gap in validity."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -72,14 +55,6 @@ def rotate_checkpoints(run_dir: Path, keep: int) -> None:
         return
     for _, path in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _git_rev() -> str | None:
