@@ -83,6 +83,18 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
+def two_ranks_and_one_process(common: list[str], tmp_path: Path, ragr_train) -> tuple[Path, Path]:
+    """Run dirs of 2 ddp ranks x batch 2 and of one process x batch 4 (the combined batch), same settings."""
+    from ragr.config import compose_config
+    from ragr.launch.local import run_local
+
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    ragr_train(*common, "launcher=ddp", "launcher.num_processes=2", "trainer.batch_size=2", f"output_dir={ddp}",
+               timeout=240)
+    run_local(compose_config("train", [*common, "trainer.batch_size=4", f"output_dir={one}"]), quiet=True)
+    return ddp, one
+
+
 def test_the_skewed_data_makes_the_ranks_plan_different_chunk_counts(tiny_bert_nodropout, skewed):
     counts = chunk_counts(tiny_bert_nodropout, skewed["train"], ranks=2, batch=2, steps=3, chunk=8, max_len=64)
     assert any(a != b for a, b in counts), counts  # else the runs below would not test anything
@@ -91,13 +103,7 @@ def test_the_skewed_data_makes_the_ranks_plan_different_chunk_counts(tiny_bert_n
 def test_embedder_two_skewed_ranks_with_gathered_negatives_equal_one_process(tiny_bert_nodropout, skewed, tmp_path,
                                                                              ragr_train, weights, assert_same_weights):
     common = _common(tiny_bert_nodropout, skewed, ["model.max_doc_length=64", "loss.gather_across_ranks=true"])
-    ddp, one = tmp_path / "ddp", tmp_path / "one"
-    ragr_train(*common, "launcher=ddp", "launcher.num_processes=2", "trainer.batch_size=2", f"output_dir={ddp}",
-               timeout=240)
-    from ragr.config import compose_config
-    from ragr.launch.local import run_local
-
-    run_local(compose_config("train", [*common, "trainer.batch_size=4", f"output_dir={one}"]), quiet=True)
+    ddp, one = two_ranks_and_one_process(common, tmp_path, ragr_train)
     assert _losses(ddp) == pytest.approx(_losses(one), rel=1e-5)
     assert_same_weights(weights(ddp), weights(one), atol=2e-5)
     from sentence_transformers import SentenceTransformer
@@ -112,13 +118,7 @@ def test_cross_encoder_two_skewed_ranks_equal_one_process(tiny_bert_nodropout, s
     # in near-zero gradients, such as the unused pooler's)
     common = _common(tiny_bert_nodropout, skewed, ["task=reranker", "model.max_length=96", "trainer.optimizer=sgd",
                                                    "trainer.lr=0.5"])
-    ddp, one = tmp_path / "ddp", tmp_path / "one"
-    ragr_train(*common, "launcher=ddp", "launcher.num_processes=2", "trainer.batch_size=2", f"output_dir={ddp}",
-               timeout=240)
-    from ragr.config import compose_config
-    from ragr.launch.local import run_local
-
-    run_local(compose_config("train", [*common, "trainer.batch_size=4", f"output_dir={one}"]), quiet=True)
+    ddp, one = two_ranks_and_one_process(common, tmp_path, ragr_train)
     # listwise CE is a mean over queries and DDP averages the ranks' gradients: 2 x 2 queries == 1 x 4
     assert _losses(ddp) == pytest.approx(_losses(one), rel=1e-5)
     assert_same_weights(weights(ddp), weights(one), atol=2e-5)
