@@ -83,8 +83,8 @@ def test_colbert_rejects_a_loss_without_score_matrix(overrides, tmp_path):
     with pytest.raises(UserError, match="cannot train a colbert model"):  # caught when the config is composed
         compose_config("train", base + ["loss=mrl", "loss.dims=[8]"])
     cfg = compose_config("train", base)
-    cfg["loss"] = {"name": "mrl", "dims": [8], "inner": cfg["loss"]}  # and, past validation, by the task
-    with pytest.raises(UserError, match="does not apply to ColBERT"):
+    cfg["loss"] = {"name": "mrl", "dims": [8], "inner": cfg["loss"]}  # and, past validation, when the loss is built
+    with pytest.raises(UserError, match="loss=mrl does not apply to colbert models"):
         run_local(cfg, quiet=True)
 
 

@@ -85,6 +85,14 @@ class Contrastive(Objective):
     def example_costs(self, dataset) -> np.ndarray:
         return self.job.family.example_costs(self.job.model, dataset)
 
+    def check_loss(self, loss) -> None:
+        """The compose-time rule again, on the built loss: a config made in code (never composed) that pairs a
+        loss with a family it cannot consume is refused here, not with an AttributeError at the first step."""
+        family, consumes = self.job.family, tuple(getattr(loss, "consumes", ()))
+        if not set(consumes) & set(family.produces):
+            raise UserError(f"loss={self.cfg['loss']['name']} does not apply to {family.name} models: it consumes "
+                            f"{' or '.join(consumes) or 'nothing'}, the family produces {', '.join(family.produces)}")
+
     def compute_loss(self, fwd, loss_fn, batch):
         family = self.job.family
         false_negatives = batch["false_negatives"].to(fwd.device)
