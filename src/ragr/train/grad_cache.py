@@ -5,7 +5,7 @@ plain training keeps the activations of the whole step. GradCache (Gao et al., "
 Contrastive Learning Batch Size under Memory Limited Setup", 2021) splits the step in two passes:
 
 1. embed every text without keeping activations, chunk by chunk (length-sorted, as
-   :meth:`ragr.models.embedder.Embedder.embed` cuts them), and compute the loss on those embeddings;
+   :class:`ragr.families.forward.ChunkedForward` plans them), and compute the loss on those embeddings;
    take the gradient of the loss with respect to the embeddings (cheap: the loss is a small matrix);
 2. on backward, re-embed each chunk with gradients and backpropagate its cached embedding gradient
    into the encoder, one chunk at a time.
