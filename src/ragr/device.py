@@ -17,7 +17,7 @@ DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "float32": None, "bf16": 
 
 
 def default_device(local_rank: int | None = None) -> torch.device:
-    """``cuda[:local_rank]`` when a GPU is visible, else the CPU."""
+    """``cuda[:local_rank]`` when a GPU is visible, else the CPU (``local_rank`` is ignored there)."""
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
     return torch.device("cpu")

@@ -44,7 +44,9 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--sample must be random or top, got {sample!r}")
         lo_hi = parse_rank_range(rank_range)
         console = Console(quiet=quiet)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from ragr.device import default_device
+
+        device = str(default_device())
         embedder = load_embedder(model, device)
         rr = None
         if reranker:

@@ -230,7 +230,9 @@ def exact_search(queries: Any, docs: Any, top_k: int, *, backend: str = "auto", 
             progress(q.shape[0])
         return _tie_sorted(np.asarray(scores, dtype=np.float32), np.asarray(idx, dtype=np.int64))
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ragr.device import default_device
+
+    device = str(default_device())
     d = d.to(device)
     all_s, all_i = [], []
     for qs in range(0, q.shape[0], query_batch):

@@ -77,7 +77,9 @@ class Reranker:
         if max_length is not None:
             opts["max_length"] = max_length
         opts.update(options)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from ragr.device import default_device
+
+        device = device or str(default_device())
         cls = scorer_class(family)
         try:
             scorer = cls.load(path, device=device, dtype=parse_dtype(dtype), **opts)

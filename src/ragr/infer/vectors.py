@@ -77,7 +77,9 @@ def embed_file(models: Sequence[str], input_path: str, output_path: str, batch_s
     index = JsonlIndex.build(input_path, text_checker(str(input_path)))
     paths = [resolve_model_path(m, key="--model") for m in models]  # every model resolves before any work
     n = len(index)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ragr.device import default_device
+
+    device = str(default_device())
     torch_dtype = _auto_dtype(dtype)
     parts, dims = [], []
     t0 = time.perf_counter()

@@ -55,7 +55,7 @@ def rank_device() -> torch.device:
     """This rank's device: its own GPU (``LOCAL_RANK``) when there are GPUs, else the CPU."""
     from ragr.device import default_device
 
-    return default_device(int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else None)
+    return default_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _all_ranks_agree(flag: bool) -> bool:
