@@ -23,6 +23,15 @@ def default_device(local_rank: int | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def quiet_deepspeed_probe() -> None:
+    """Without a GPU, tell DeepSpeed (imported by accelerate when installed) it is on the CPU, so it does not
+    warn about failing to find an accelerator on every run. A value the user set is kept."""
+    import os
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def resolve_precision(setting: str, cuda: bool | None = None) -> str:
     """``"auto" | "fp32" | "bf16" | "fp16"`` -> the concrete ``"fp32" | "bf16" | "fp16"`` on this machine."""
     if setting == "auto":

@@ -167,6 +167,9 @@ def run_distributed(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any] 
     """
     import torch
 
+    from ragr.device import quiet_deepspeed_probe
+
+    quiet_deepspeed_probe()
     launcher = cfg["launcher"]
     cuda = torch.cuda.is_available()
     check_launcher(launcher, cuda, torch.cuda.device_count() if cuda else 0)

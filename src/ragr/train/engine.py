@@ -61,6 +61,9 @@ class Engine:
     ``cfg["output_dir"]``."""
 
     def __init__(self, cfg: dict[str, Any], task, quiet: bool = False) -> None:
+        from ragr.device import quiet_deepspeed_probe
+
+        quiet_deepspeed_probe()
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs
