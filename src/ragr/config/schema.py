@@ -50,6 +50,7 @@ class TrainerConfig:
     save_every: int = 0
     save_total_limit: int = 2
     resume: Optional[str] = None
+    resume_force: bool = False     # resume even when the config or the data differ from the run's (see rundir.py)
     eval_before: bool = True
     eval_after: bool = True
     eval_every: int = 0            # steps between dev evaluations during training (0: none); keeps run_dir/best/
