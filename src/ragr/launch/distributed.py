@@ -136,12 +136,13 @@ def write_run_files(cfg: dict[str, Any], cuda: bool) -> tuple[Path, Path, str, i
     A run dir holding checkpoints is refused (unless ``trainer.resume`` says to continue) before anything is written.
     """
     from ragr.config import to_yaml
-    from ragr.train.rundir import atomic_write_text, find_resume_point
+    from ragr.train.rundir import atomic_write_text, check_resume, find_resume_point
 
     launcher = cfg["launcher"]
     run_dir = Path(cfg["output_dir"]).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    find_resume_point(run_dir, cfg["trainer"].get("resume"))
+    if find_resume_point(run_dir, cfg["trainer"].get("resume")) is not None:
+        check_resume(run_dir, cfg)  # before config.yaml is overwritten with the new one
     multi_node = launcher["num_machines"] > 1
     ip = launcher.get("main_process_ip") or "127.0.0.1"
     port = launcher.get("main_process_port") or (DEFAULT_PORT if multi_node else _free_port())

@@ -26,9 +26,11 @@ from ragr.models.attention import shape_stable_attention
 from ragr.train.rundir import (
     STATE_FILE,
     atomic_write_text,
+    check_resume,
     find_resume_point,
     replace_dir,
     rotate_checkpoints,
+    truncate_metrics,
     write_manifest,
 )
 from ragr.ui import Console
@@ -88,6 +90,10 @@ class Engine:
         acc = self.accelerator
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resume_from = find_resume_point(self.run_dir, self.t.get("resume"))
+        if resume_from is not None:
+            check_resume(self.run_dir, self.cfg)  # every rank: each reports the same refusal
+            if acc.is_main_process:
+                truncate_metrics(self.run_dir, json.loads((resume_from / STATE_FILE).read_text())["step"])
         if acc.is_main_process:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
             files = [self.cfg["data"].get("train"), self.cfg["data"].get("eval")]

@@ -50,6 +50,69 @@ def find_resume_point(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+#: keys that may change between a run and its resumption (they do not change what is computed)
+RESUME_FREE = ("trainer.resume", "trainer.resume_force", "trainer.log_every", "trainer.save_every",
+               "trainer.save_total_limit", "trainer.eval_before", "trainer.eval_after", "trainer.eval_every",
+               "trainer.tensorboard", "launcher.timeout_s", "launcher.main_process_ip", "launcher.main_process_port",
+               "launcher.machine_rank", "name", "output_dir", "distill.rescore", "data.eval", "distill.agreement_queries")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def resume_differences(run_dir: Path, cfg: dict[str, Any], data_files: list[str]) -> list[str]:
+    """What differs between the run in ``run_dir`` (its ``config.yaml`` and the data hashes in ``manifest.json``)
+    and ``cfg`` with ``data_files``: ``["trainer.lr: 5e-05 -> 0.001", "data.train: contents changed", ...]``."""
+    from omegaconf import OmegaConf
+
+    diffs: list[str] = []
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        old = _flat(OmegaConf.to_container(OmegaConf.load(config_file), resolve=False))
+        new = _flat(cfg)
+        for key in sorted(set(old) | set(new)):
+            if key in RESUME_FREE or any(key.startswith(f + ".") for f in RESUME_FREE):
+                continue
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                diffs.append(f"{key}: {old.get(key, '<unset>')} -> {new.get(key, '<unset>')}")
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("data") or {}
+        for key in ("train",):  # data.eval decides what is measured, not what is trained
+            path = (cfg.get("data") or {}).get(key)
+            if path and path in recorded and Path(path).is_file() and sha256_file(path) != recorded[path]["sha256"]:
+                diffs.append(f"data.{key}: the contents of {path} changed")
+    return diffs
+
+
+def check_resume(run_dir: Path, cfg: dict[str, Any]) -> None:
+    """Refuse to resume ``run_dir`` with another config or other data (unless ``trainer.resume_force``)."""
+    if cfg["trainer"].get("resume_force"):
+        return
+    data = cfg.get("data") or {}
+    diffs = resume_differences(run_dir, cfg, [f for f in (data.get("train"), data.get("eval")) if f])
+    if diffs:
+        raise UserError(f"{run_dir} was started with another config or data ({'; '.join(diffs)}): resuming would not "
+                        "reach the weights of one uninterrupted run; pass trainer.resume_force=true to resume anyway, "
+                        "or choose another output_dir")
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop ``metrics.jsonl`` records logged after checkpoint ``step`` (a resumed run logs them again)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(kept))
+
+
 def rotate_checkpoints(run_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
