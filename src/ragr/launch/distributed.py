@@ -194,6 +194,10 @@ def run_distributed(cfg: dict[str, Any], quiet: bool = False) -> dict[str, Any] 
             message = _failure_message(launch_dir)
             if message is not None:
                 raise UserError(message) from None
+            if (launch_dir / "result.json").is_file():  # finished and saved; a rank failed only while tearing down
+                print("warning: a rank exited abnormally after the run had finished and saved its results",
+                      file=sys.stderr)
+                return json.loads((launch_dir / "result.json").read_text())
             failures = getattr(exc, "failures", None)
             where = f" on rank(s) {', '.join(str(r) for r in sorted(failures))}" if failures else ""
             print(f"error: training failed{where}; the rank's traceback is above", file=sys.stderr)

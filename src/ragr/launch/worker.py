@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
             from ragr.train.job import agreement_note
 
             results["agreement_on"] = agreement_note(job)
+        if engine.accelerator.is_main_process:  # before teardown: a finished run is reported as finished
+            tmp = launch_dir / ".result.json.tmp"
+            tmp.write_text(json.dumps(results, default=str))
+            os.replace(tmp, launch_dir / "result.json")
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank is done before any tears the group down (gloo aborts a peer otherwise)
     except UserError as exc:
         launch_dir.mkdir(parents=True, exist_ok=True)
         (launch_dir / f"error-rank{rank}.txt").write_text(str(exc))
@@ -57,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if engine.accelerator.is_main_process:
-        (launch_dir / "result.json").write_text(json.dumps(results, default=str))
     return 0
 
 

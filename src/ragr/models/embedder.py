@@ -269,6 +269,7 @@ def _load_dense(path: Path) -> nn.Linear:
         raise ValueError(f"{path}: Dense activation {act} is not supported (only Identity)")
     layer = nn.Linear(conf["in_features"], conf["out_features"], bias=conf.get("bias", True))
     weights_file = path / "model.safetensors"
-    state = load_file(str(weights_file)) if weights_file.is_file() else torch.load(path / "pytorch_model.bin", map_location="cpu")
+    state = load_file(str(weights_file)) if weights_file.is_file() else torch.load(path / "pytorch_model.bin", map_location="cpu",
+                                                                                        weights_only=True)
     layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
     return layer

@@ -96,23 +96,24 @@ def load_teacher(node: dict[str, Any], path: str, family: str, dtype_setting: st
         raise UserError(f"teacher (family {family}): {exc}") from None
 
 
-def _fingerprint(path: str) -> list[tuple[str, int, int]]:
-    """Names, sizes and modification times of a model folder's files (two levels deep)."""
+def _fingerprint(path: str) -> list[tuple[str, str]]:
+    """Names and content hashes (sha256, streamed) of a model folder's files, two levels deep."""
+    from ragr.fileio import sha256_file
+
     root = Path(path)
-    out = []
-    for p in sorted(root.glob("*")) + sorted(root.glob("*/*")):
-        if p.is_file():
-            st = p.stat()
-            out.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
-    return out
+    return [(str(p.relative_to(root)), sha256_file(str(p)))
+            for p in sorted(root.glob("*")) + sorted(root.glob("*/*")) if p.is_file()]
 
 
 def cache_key(node: dict[str, Any], family: str, path: str, dtype_setting: str, source: dict[str, Any]) -> str:
-    """Key of a cache entry: the teacher (config, family, folder contents, dtype) + the scored data (hash, view)."""
+    """Key of a cache entry: the teacher (config, family, folder contents, the dtype and device kind actually used)
+    + the scored data (hash, view). Another machine's auto dtype (bf16 on a GPU) is another key."""
+    from ragr.device import compute_dtype
+
     teacher = {k: v for k, v in node.items() if k not in TRAINING_ONLY}
-    payload = json.dumps({"teacher": teacher, "family": family, "path": str(Path(path).resolve()),
-                          "files": _fingerprint(path), "dtype": dtype_setting, "source": source},
-                         sort_keys=True, default=str)
+    payload = json.dumps({"teacher": teacher, "family": family, "files": _fingerprint(path),
+                          "dtype": str(compute_dtype(dtype_setting) or "torch.float32"), "device": rank_device().type,
+                          "source": source}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
