@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+import torch
+
 from ragr.train.teacher import cache_key
 
 NODE = {"preset": "cross-encoder", "family": "cross_encoder", "name_or_path": "x", "max_length": 64}
@@ -25,6 +28,7 @@ def test_same_contents_elsewhere_share_a_key_and_changed_contents_do_not(tmp_pat
     assert cache_key(NODE, "cross_encoder", str(a), "fp32", SOURCE) != cache_key(NODE, "cross_encoder", str(b), "fp32", SOURCE)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto resolves to bf16 on a GPU")
 def test_the_key_follows_the_resolved_dtype_not_the_setting(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"0")
     # on a machine without a bf16 GPU, auto resolves to fp32: the same scores, the same key

@@ -12,12 +12,18 @@ Pairs are scored by :meth:`ragr.infer.Reranker.score`, texts embedded by
 
 A job whose client went away is cancelled: it leaves the queue at once and its items that are not
 already in a forward pass are never computed.
+
+The queue is bounded: with ``max_pending`` jobs already waiting, :meth:`BatchQueue.submit` refuses a
+new one at once with :class:`QueueFull` (the server answers 503 with ``Retry-After``), so overload
+turns into quick refusals instead of an ever longer wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -27,6 +33,15 @@ RERANK, QUERY, DOCUMENT = "rerank", "query", "document"
 
 class ShuttingDown(RuntimeError):
     """The queue stopped before the job was done."""
+
+
+class QueueFull(RuntimeError):
+    """The queue already holds ``max_pending`` waiting jobs; retry after ``retry_after`` seconds."""
+
+    def __init__(self, model: str, pending: int, max_pending: int, retry_after: int) -> None:
+        super().__init__(f"model '{model}' is busy: {pending} requests are already queued (--max-queue "
+                         f"{max_pending}); retry after {retry_after} s")
+        self.model, self.pending, self.max_pending, self.retry_after = model, pending, max_pending, retry_after
 
 
 class Job:
@@ -61,20 +76,30 @@ class BatchQueue:
         model: a :class:`ragr.serve.models.ServedModel`.
         max_batch_tokens: token budget of one step and of one forward pass (padded).
         batch_size: most items in one forward pass.
+        max_pending: most jobs waiting at once (see :attr:`pending`); a job past it is refused with
+            :class:`QueueFull`. None: unbounded.
     """
 
-    def __init__(self, model: Any, max_batch_tokens: int = 16384, batch_size: int = 32) -> None:
+    #: Bounds of the Retry-After estimate, in seconds.
+    RETRY_MIN, RETRY_MAX = 1, 60
+
+    def __init__(self, model: Any, max_batch_tokens: int = 16384, batch_size: int = 32,
+                 max_pending: int | None = 256) -> None:
         if max_batch_tokens < 1 or batch_size < 1:
             raise ValueError(f"max_batch_tokens and batch_size must be >= 1, got {max_batch_tokens}, {batch_size}")
+        if max_pending is not None and max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1 or None, got {max_pending}")
         self.model = model
-        self.max_batch_tokens, self.batch_size = max_batch_tokens, batch_size
+        self.max_batch_tokens, self.batch_size, self.max_pending = max_batch_tokens, batch_size, max_pending
+        self._item_seconds: float | None = None  # running mean of compute time per item (Retry-After)
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._open = threading.Event()  # cleared: paused (tests hold the worker to fill the queue)
         self._open.set()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.stats = {"requests": 0, "cancelled": 0, "batches": 0, "items": 0, "max_requests_per_batch": 0}
+        self.stats = {"requests": 0, "cancelled": 0, "batches": 0, "items": 0, "max_requests_per_batch": 0,
+                      "refused": 0}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,11 +133,33 @@ class BatchQueue:
         with self._cond:
             return len(self._jobs)
 
+    def retry_after(self) -> int:
+        """Seconds until the queued work is likely done: queued items x the mean compute time per item,
+        within [RETRY_MIN, RETRY_MAX]; RETRY_MIN before anything was computed. An estimate (no lock needed)."""
+        per_item = self._item_seconds
+        if per_item is None:
+            return self.RETRY_MIN
+        items = sum(len(job.items) - job.taken for job in list(self._jobs))
+        return int(min(self.RETRY_MAX, max(self.RETRY_MIN, math.ceil(items * per_item))))
+
+    def _refuse_if_full(self) -> None:
+        """Raise QueueFull when ``max_pending`` jobs are waiting (lock held)."""
+        if self.max_pending is not None and len(self._jobs) >= self.max_pending:
+            self.stats["refused"] += 1
+            raise QueueFull(self.model.name, len(self._jobs), self.max_pending, self.retry_after())
+
+    def check_capacity(self) -> None:
+        """Raise QueueFull now if a job submitted now would be refused (a cheap early check; submit
+        checks again)."""
+        with self._cond:
+            self._refuse_if_full()
+
     # ---- requests -------------------------------------------------------------------------------
     async def submit(self, kind: str, items: list[Any], costs: list[int]) -> list[Any]:
         """Queue ``items`` (with their token ``costs``) and wait for their results, in order.
 
-        Cancelling the awaiting task cancels the job (see :meth:`cancel`).
+        Cancelling the awaiting task cancels the job (see :meth:`cancel`). Raises :class:`QueueFull`
+        at once when ``max_pending`` jobs are already waiting.
         """
         if len(items) != len(costs):
             raise ValueError("items and costs differ in length")
@@ -122,6 +169,7 @@ class BatchQueue:
         with self._cond:
             if self._stop:
                 raise ShuttingDown("the server is shutting down")
+            self._refuse_if_full()
             self._jobs.append(job)
             self.stats["requests"] += 1
             self._cond.notify()
@@ -204,13 +252,17 @@ class BatchQueue:
             live = [(job, i) for job, i in batch if not (job.cancelled or job.finished)]
             if not live:
                 continue
+            started = time.perf_counter()
             try:
                 values = self._compute(live[0][0].kind, [job.items[i] for job, i in live])
             except Exception as exc:  # noqa: BLE001 - the requests get the error, the worker goes on
                 for job in {id(j): j for j, _ in live}.values():
                     self._fail(job, exc)
                 continue
+            per_item = (time.perf_counter() - started) / len(live)
             with self._cond:
+                old = self._item_seconds
+                self._item_seconds = per_item if old is None else 0.8 * old + 0.2 * per_item
                 self.stats["batches"] += 1
                 self.stats["items"] += len(live)
                 n_jobs = len({id(j) for j, _ in live})
