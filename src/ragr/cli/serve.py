@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         overlap: int = typer.Option(32, "--overlap", min=0, help="Tokens shared by consecutive max-chunk windows."),
         max_documents: int = typer.Option(1000, "--max-documents", min=1, help="Most documents (or embedding inputs) in one request."),
         max_text_length: int = typer.Option(100_000, "--max-text-length", min=1, help="Most characters in one query, document or input."),
-        max_request_bytes: int = typer.Option(8 * 1024 * 1024, "--max-request-bytes", min=1, help="Largest request body in bytes."),
+        max_request_bytes: int = typer.Option(8 * 1024 * 1024, "--max-request-bytes", min=1, help="Largest request body in bytes (larger: 413)."),
+        max_queue: int = typer.Option(256, "--max-queue", min=1, help="Most requests waiting per model; past it a request is refused at once with 503 and Retry-After."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per forward pass (torch.set_num_threads; default: torch's choice). 1 helps on a busy machine."),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info (one line per request), debug."),
     ) -> None:
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
 
         settings = ServeSettings(api_key=api_key, max_batch_tokens=max_batch_tokens, batch_size=batch_size,
                                  max_documents=max_documents, max_text_length=max_text_length,
-                                 max_request_bytes=max_request_bytes)
+                                 max_request_bytes=max_request_bytes, max_queue=max_queue)
         specs = parse_specs(model)
         if threads is not None:
             import torch

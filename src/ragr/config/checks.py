@@ -12,6 +12,12 @@ from typing import Any
 from ragr.errors import UserError, did_you_mean
 
 PSEUDO_TEACHERS = ("data", "vectors")
+#: config keys that name a file the command reads (null: not given); checked when the config is composed
+INPUT_FILES = ("data.train", "data.eval")
+#: losses that compare the candidates of one group with each other: a group of one candidate gives them a loss
+#: of 0 whatever the scores, so nothing is learned (pointwise losses score each candidate on its own)
+GROUP_LOSSES = ("pairwise", "listwise", "distill-kl", "llm-preference")
+SINGLE_CANDIDATE_LOSSES = {"labels": "pointwise", "teacher": "distill-mse or loss=distill-bce"}
 #: trainer settings -> the objectives that honour them
 OBJECTIVE_SETTINGS = {"grad_cache": ("contrastive",), "max_tokens_per_batch": ("contrastive",)}
 GRAD_CACHE_LAUNCHERS = ("local", "ddp")
@@ -85,10 +91,65 @@ def check_training(cfg: dict[str, Any], node_key: str, targets: tuple[str, ...])
     if loss_node.get("gather_across_ranks") and "vectors" not in family.produces:
         raise UserError(f"loss.gather_across_ranks=true needs dot-product embeddings (model family embedder); "
                         f"a {family.name} model scores pairs itself, so negatives stay on each rank")
+    check_groups(cfg, name, objective, target)
+
+
+def check_groups(cfg: dict[str, Any], name: str, objective: str | None, target: str | None) -> None:
+    """Refuse settings that leave every query a single candidate for a loss that compares candidates."""
+    data, loss_node = cfg["data"], cfg["loss"]
+    negatives = data.get("num_negatives")
+    if objective == "contrastive":
+        nodes = [("loss", loss_node)] + ([("loss.inner", loss_node["inner"])] if isinstance(loss_node.get("inner"), dict) else [])
+        for path, node in nodes:
+            if node.get("in_batch_negatives") is False and negatives == 0:
+                raise UserError(f"{path}.in_batch_negatives=false with data.num_negatives=0 leaves each query only its "
+                                f"positive (the loss is 0 whatever the model does): set data.num_negatives=1 or more "
+                                f"(triplet data), or {path}.in_batch_negatives=true")
+        return
+    if objective != "grouped" or name not in GROUP_LOSSES:
+        return
+    single = SINGLE_CANDIDATE_LOSSES.get(target or "", "pointwise")
+    what = f"loss={name} compares the candidates of a query's group"
+    if "distill" in cfg and cfg["distill"].get("group_size") is not None:
+        if cfg["distill"]["group_size"] < 2:
+            raise UserError(f"{what}, but distill.group_size={cfg['distill']['group_size']} gives each group one "
+                            f"candidate (the loss is 0 whatever the scores): set distill.group_size=2 or more, "
+                            f"or use loss={single}")
+        return
+    if "distill" not in cfg and data.get("format") == "pointwise":
+        raise UserError(f"{what}, but data.format=pointwise gives each group one candidate (the loss is 0 whatever "
+                        f"the scores): use loss=pointwise, or grouped / triplet data with data.num_negatives=1 or more")
+    if negatives == 0:
+        via = " (distill.group_size=null: 1 + data.num_negatives)" if "distill" in cfg else ""
+        raise UserError(f"{what}, but data.num_negatives=0 gives each group one candidate{via} (the loss is 0 "
+                        f"whatever the scores): set data.num_negatives=1 or more, or use loss={single}"
+                        + (" with pointwise data" if single == "pointwise" else ""))
+
+
+def check_input_files(cfg: dict[str, Any]) -> None:
+    """Every input file named in the config (:data:`INPUT_FILES`) must exist and be readable."""
+    from ragr.data.jsonl import require_file
+
+    for key in INPUT_FILES:
+        section, name = key.split(".")
+        node = cfg.get(section)
+        value = node.get(name) if isinstance(node, dict) else None
+        if value:  # null / empty: not given (the command says when it needs one)
+            require_file(value, key)
 
 
 def validate_distill(cfg: dict[str, Any]) -> None:
     """Validate the composed ``distill`` config (after the dataclass check); raises UserError naming the key."""
+    from ragr.config.schema import check_ranges
+
+    check_distill_nodes(cfg)
+    check_ranges(cfg)
+    check_distill_objective(cfg)
+    check_input_files(cfg)
+
+
+def check_distill_nodes(cfg: dict[str, Any]) -> None:
+    """The shape of the ``distill`` config's student, teacher, launcher and loss nodes."""
     from ragr.config.schema import MODEL_COMMON, check_model_config
     from ragr.losses import check_loss_config
     from ragr.registry import launchers
@@ -111,6 +172,12 @@ def validate_distill(cfg: dict[str, Any]) -> None:
         raise UserError("student.name_or_path is not set (a folder, alias or hub id)")
     launchers.get(cfg["launcher"]["name"])
     check_loss_config(cfg["loss"], "loss")
+
+
+def check_distill_objective(cfg: dict[str, Any]) -> None:
+    """What ``ragr distill`` trains: teacher kind x loss targets, then family x loss x settings."""
+    teacher = cfg["teacher"]
+    kind = teacher.get("family") if isinstance(teacher, dict) else None
     loss = cfg["loss"]["name"]
     target = getattr(_loss_class(cfg["loss"]), "targets", None)
     if kind == "vectors":

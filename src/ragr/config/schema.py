@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +57,6 @@ class TrainerConfig:
     eval_every: int = 0            # steps between dev evaluations during training (0: none); keeps run_dir/best/
     best_metric: str = "ndcg@10"   # the dev metric (higher is better) that picks run_dir/best/
     tensorboard: bool = False
-    num_workers: int = 0
 
 
 @dataclass
@@ -141,6 +141,135 @@ class DistillRunConfig:
 
 
 SCHEMAS["distill"] = DistillRunConfig
+
+
+# ---- ranges: every config value with a valid range, checked once the config is composed -----------------------
+#: ``key -> range``. A range is ``">= 1"``, ``"> 0"`` or an interval ``"in [0, 1]"`` / ``"in [0, 1)"``; a list value
+#: is checked item by item with ``"each ..."``, and ``"non-empty, each ..."`` also refuses an empty list. Null is
+#: never range-checked (the type says whether null is allowed). Keys of the model and loss nodes are declared
+#: once for every node of that kind: ``model.*`` applies to ``model``, ``student`` and ``teacher``, ``loss.*`` to
+#: ``loss`` and ``loss.inner``; ``loss[NAME].key`` overrides ``loss.key`` for the loss NAME. A key a node does not
+#: have is not checked (a loss without a temperature has nothing to check).
+RANGES: dict[str, str] = {
+    "seed": "in [0, 4294967295]",
+    "data.num_negatives": ">= 0",
+    "trainer.epochs": ">= 1",
+    "trainer.max_steps": ">= 1",
+    "trainer.batch_size": ">= 1",
+    "trainer.grad_accum": ">= 1",
+    "trainer.lr": "> 0",
+    "trainer.weight_decay": ">= 0",
+    "trainer.warmup_ratio": "in [0, 1]",
+    "trainer.max_grad_norm": ">= 0",           # 0: no clipping
+    "trainer.chunk_size": ">= 1",
+    "trainer.max_tokens_per_batch": ">= 1",
+    "trainer.log_every": ">= 1",
+    "trainer.save_every": ">= 0",              # 0: only at the end
+    "trainer.save_total_limit": ">= 1",
+    "trainer.eval_every": ">= 0",              # 0: none
+    "launcher.num_processes": ">= 1",
+    "launcher.num_machines": ">= 1",
+    "launcher.machine_rank": ">= 0",
+    "launcher.main_process_port": "in [1, 65535]",
+    "launcher.zero_stage": "in [0, 3]",
+    "launcher.timeout_s": "> 0",
+    "eval.batch_size": ">= 1",
+    "eval.ks": "each >= 1",
+    "eval.top_k": ">= 1",
+    "eval.rerank_top_k": ">= 1",
+    "distill.teacher_batch_size": ">= 1",
+    "distill.group_size": ">= 1",
+    "distill.agreement_queries": ">= 0",
+    # model nodes (model, student, teacher)
+    "model.max_length": ">= 1",
+    "model.max_query_length": ">= 1",
+    "model.max_doc_length": ">= 1",
+    "model.dim": ">= 1",
+    "model.dense_dim": ">= 1",
+    "model.max_score_elements": ">= 1",
+    "model.lora_r": ">= 0",                    # 0: train every weight
+    "model.lora_alpha": "> 0",
+    "model.lora_dropout": "in [0, 1)",
+    # loss nodes (loss, loss.inner): the common arguments of the losses
+    "loss.temperature": "> 0",
+    "loss.teacher_temperature": "> 0",
+    "loss.label_temperature": "> 0",
+    "loss.hard_weight": "in [0, 1]",
+    "loss.margin": ">= 0",
+    "loss.sigma": "> 0",
+    "loss.label_max": "> 0",
+    "loss.dims": "non-empty, each >= 1",
+    "loss[stella].dims": "each >= 1",          # empty (or null): the full width
+    "loss.weights": "each >= 0",
+    "loss.cosine_weight": ">= 0",
+    "loss.similarity_weight": ">= 0",
+    "loss.hinge_weight": ">= 0",
+}
+#: node kinds whose ranges are declared once under ``model.`` / ``loss.``
+RANGE_NODES = {"model": "model", "student": "model", "teacher": "model", "loss": "loss", "loss.inner": "loss"}
+
+_RANGE = re.compile(r"^(?P<nonempty>non-empty, )?(?P<each>each )?(?:(?P<op>>=|>|<=|<) (?P<bound>\S+)|"
+                    r"in (?P<lo_b>[\[(])(?P<lo>[^,]+), (?P<hi>[^\])]+)(?P<hi_b>[\])]))$")
+
+
+def _in_range(value: float, m: re.Match) -> bool:
+    if m["op"]:
+        bound = float(m["bound"])
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[m["op"]]
+    lo, hi = float(m["lo"]), float(m["hi"])
+    return (value >= lo if m["lo_b"] == "[" else value > lo) and (value <= hi if m["hi_b"] == "]" else value < hi)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_range(path: str, value: Any, spec: str) -> None:
+    """Refuse ``value`` outside ``spec`` (see :data:`RANGES`) with one line naming the key, the value and the range."""
+    m = _RANGE.match(spec)
+    if m is None:  # a typo in the table itself
+        raise ValueError(f"bad range {spec!r} for {path}")
+    if value is None:
+        return
+    if m["each"]:
+        if not isinstance(value, list):
+            return  # the type check reports it
+        if m["nonempty"] and not value:
+            raise UserError(f"config key '{path}' must be {spec}, got []")
+        bad = [v for v in value if _is_number(v) and not _in_range(v, m)]
+        if bad:
+            raise UserError(f"config key '{path}' must be {spec}, got {value!r}")
+        return
+    if _is_number(value) and not _in_range(value, m):
+        raise UserError(f"config key '{path}' must be {spec}, got {value!r}")
+
+
+def _get(cfg: dict[str, Any], path: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_ranges(cfg: dict[str, Any]) -> None:
+    """Apply :data:`RANGES` to a composed config: the sections' keys, then every model and loss node."""
+    for key, spec in RANGES.items():
+        if key.split(".", 1)[0].split("[", 1)[0] in ("model", "loss"):
+            continue
+        found, value = _get(cfg, key)
+        if found:
+            check_range(key, value, spec)
+    for path, kind in RANGE_NODES.items():
+        found, node = _get(cfg, path)
+        if not found or not isinstance(node, dict):
+            continue
+        name = node.get("name") if kind == "loss" else None
+        for key, value in node.items():
+            spec = RANGES.get(f"{kind}[{name}].{key}") or RANGES.get(f"{kind}.{key}")
+            if spec is not None and not isinstance(value, dict):
+                check_range(f"{path}.{key}", value, spec)
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -243,20 +372,29 @@ def check_kwargs(node: dict[str, Any], fn: Any, path: str, skip: tuple[str, ...]
 
 
 def validate(command: str, cfg: dict[str, Any]) -> None:
-    """Validate a resolved config (plain dict) for ``command``; raises UserError naming the key."""
+    """Validate a resolved config (plain dict) for ``command``; raises UserError naming the key.
+
+    In order: the shape (unknown keys, types, the model and loss nodes), the ranges (:data:`RANGES`), what the
+    run trains (family x loss x settings, :mod:`ragr.config.checks`), then the input files.
+    """
+    from ragr.config import checks
+
     check_fields(cfg, SCHEMAS[command], "")
     if command == "distill":  # teacher / student nodes instead of model
-        from ragr.config.checks import validate_distill
+        checks.check_distill_nodes(cfg)
+    else:
+        check_model_config(cfg["model"], "model")
+        if "launcher" in cfg:
+            from ragr.registry import launchers
 
-        return validate_distill(cfg)
-    check_model_config(cfg["model"], "model")
-    if "launcher" in cfg:
-        from ragr.registry import launchers
+            launchers.get(cfg["launcher"]["name"])
+        if "loss" in cfg:
+            from ragr.losses import check_loss_config
 
-        launchers.get(cfg["launcher"]["name"])
-    if "loss" in cfg:
-        from ragr.config.checks import check_training
-        from ragr.losses import check_loss_config
-
-        check_loss_config(cfg["loss"], "loss")
-        check_training(cfg, "model", ("labels", "positives"))
+            check_loss_config(cfg["loss"], "loss")
+    check_ranges(cfg)
+    if command == "distill":
+        checks.check_distill_objective(cfg)
+    elif "loss" in cfg:
+        checks.check_training(cfg, "model", ("labels", "positives"))
+    checks.check_input_files(cfg)

@@ -1,17 +1,20 @@
-"""Bi-encoder reranking: the cosine similarity of a ragr :class:`~ragr.models.embedder.Embedder`'s vectors."""
+"""Bi-encoder reranking: the dot product of a ragr :class:`~ragr.models.embedder.Embedder`'s vectors.
+
+One rule everywhere (training, evaluation, mining, distillation, ``ragr rerank`` and ``serve``): the model's own
+normalisation decides, so a normalizing model scores by cosine and one without a Normalize module by dot product."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ragr.infer.base import Scorer
 
 
 class EmbedderScorer(Scorer):
-    """Score a pair by the cosine of the query and document embeddings (in [-1, 1]).
+    """Score a pair by the dot product of the query and document embeddings (a cosine in [-1, 1] when the model
+    normalizes).
 
     Args:
         model: an :class:`~ragr.models.embedder.Embedder`.
@@ -39,8 +42,7 @@ class EmbedderScorer(Scorer):
         ud = list(dict.fromkeys(docs))
         q = self.model.encode(uq, is_query=True, batch_size=max(1, len(uq)))
         d = self.model.encode(ud, is_query=False, batch_size=max(1, len(ud)))
-        q = F.normalize(q.float(), dim=-1)
-        d = F.normalize(d.float(), dim=-1)
+        q, d = q.float(), d.float()  # the model's own normalisation decides: cosine for a normalizing model
         q_at = {t: i for i, t in enumerate(uq)}
         d_at = {t: i for i, t in enumerate(ud)}
         qi = torch.tensor([q_at[x] for x in queries])
@@ -65,5 +67,7 @@ class EmbedderScorer(Scorer):
         return max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False) - n_prompt)
 
     def normalize(self, score: float) -> float:
-        """Cosine similarity mapped linearly from [-1, 1] to [0, 1]."""
-        return (score + 1.0) / 2.0
+        """A cosine (normalizing model) mapped linearly from [-1, 1] to [0, 1]; a raw dot product through a sigmoid."""
+        if self.model.normalize:
+            return (score + 1.0) / 2.0
+        return super().normalize(score)

@@ -168,8 +168,8 @@ class Embedder(nn.Module):
         return cls(
             backbone,
             tokenizer,
-            pooling=st.get("pooling", pooling or "mean"),
-            normalize=st["normalize"] if "normalize" in st and "pooling" in st else (True if normalize is None else normalize),
+            pooling=pooling or st.get("pooling", "mean"),  # an explicit setting wins over what the folder says
+            normalize=normalize if normalize is not None else (st["normalize"] if "pooling" in st else True),
             dense=dense,
             max_query_length=max_query_length,
             max_doc_length=max_doc_length,

@@ -52,10 +52,11 @@ DESCRIPTION = """Rerank and embed with ragr models behind the APIs RAG clients a
   Jina rerank: `POST /rerank` with `documents`.
 * OpenAI embeddings: `POST /v1/embeddings` (`dimensions` truncates Matryoshka embeddings and renormalizes).
 
-With `--api-key`, send `Authorization: Bearer <key>`.
+With `--api-key`, send `Authorization: Bearer <key>`. A model whose queue is full (`--max-queue`)
+answers 503 with `Retry-After` (seconds).
 """
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 500, 503)}
 
 
 # ---- token costs (run in a thread: tokenizing is CPU work) ---------------------------------------------
@@ -122,7 +123,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     """The FastAPI app serving ``models`` (by name) under ``settings``; queues start with the app."""
     settings = settings or ServeSettings()
     by_name = {m.name: m for m in models}
-    queues = {m.name: BatchQueue(m, settings.max_batch_tokens, settings.batch_size) for m in models}
+    queues = {m.name: BatchQueue(m, settings.max_batch_tokens, settings.batch_size, settings.max_queue)
+              for m in models}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -161,6 +163,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         check_texts([query], "query", settings, count=False)
         check_texts(docs, field, settings)
         model = pick(model_name, embed=False)
+        queues[model.name].check_capacity()  # a full queue refuses before the tokenizing work
         costs, tokens = await run_in_threadpool(pair_costs, model, query, docs)
         raw = await run_or_drop(request, queues[model.name], RERANK, [(query, d) for d in docs], costs)
         return model, raw, tokens
@@ -239,6 +242,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         if body.dimensions is not None and body.dimensions > dim:
             raise ApiError(400, f"dimensions: {body.dimensions} is more than the model's {dim}", param="dimensions")
         is_query = body.input_type in ("query", "search_query")
+        queues[model.name].check_capacity()
         costs, tokens = await run_in_threadpool(text_costs, model, texts, is_query)
         vectors = await run_or_drop(request, queues[model.name], QUERY if is_query else DOCUMENT, texts, costs)
         matrix = np.stack(vectors).astype(np.float32)
@@ -268,8 +272,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.get("/health", tags=["info"], summary="Liveness and queue counters")
     async def health():
-        """200 while the server is up; per model: family, queued jobs and counters (no API key needed)."""
+        """200 while the server is up; per model: family, queued jobs, the queue bound and counters
+        (``refused``: requests answered 503 because the queue was full). No API key needed."""
         return {"status": "ok", "models": {
-            name: {"family": by_name[name].family, "pending": q.pending, **q.stats} for name, q in queues.items()}}
+            name: {"family": by_name[name].family, "pending": q.pending, "max_queue": q.max_pending, **q.stats}
+            for name, q in queues.items()}}
 
     return app

@@ -2,13 +2,18 @@
 error answers that name the field or limit at fault (never a 500 for a bad request).
 
 Every error body is ``{"message": ..., "error": {"message", "type", "param", "code"}}``: the Cohere
-clients read ``message``, the OpenAI clients read ``error``.
+clients read ``message``, the OpenAI clients read ``error``. A 5xx body never carries internal text
+(exception messages, paths): an unexpected error answers a generic message with a request id, and the
+traceback goes to the server log under that id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +22,15 @@ from ragr.errors import UserError
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
          413: "request_too_large", 422: "invalid_request_error", 499: "client_closed_request", 500: "server_error",
          503: "service_unavailable"}
+
+#: Where unexpected errors are logged (uvicorn's error log, so ``--log-level`` governs it).
+log = logging.getLogger("uvicorn.error")
+
+#: A body over the limit is still read (and discarded) up to this many bytes, for at most
+#: DRAIN_SECONDS, before the 413 is completed and the connection closed: closing a socket with unread
+#: data makes the kernel send a reset, which many clients report instead of the 413.
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 10.0
 
 
 @dataclass
@@ -31,6 +45,8 @@ class ServeSettings:
         max_documents: most documents (rerank) or inputs (embeddings) in one request.
         max_text_length: most characters in one query, document or input.
         max_request_bytes: largest request body.
+        max_queue: most requests waiting per model; past it a request is refused at once with 503 and
+            ``Retry-After``.
     """
 
     api_key: str | None = None
@@ -39,9 +55,11 @@ class ServeSettings:
     max_documents: int = 1000
     max_text_length: int = 100_000
     max_request_bytes: int = 8 * 1024 * 1024
+    max_queue: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "batch_size", "max_documents", "max_text_length", "max_request_bytes"):
+        for name in ("max_batch_tokens", "batch_size", "max_documents", "max_text_length", "max_request_bytes",
+                     "max_queue"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.api_key is not None and not self.api_key.strip():
@@ -94,13 +112,20 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[int, str, str | No
     return 422, "; ".join(parts), next(iter(seen), None)
 
 
+def internal_error_body(request_id: str) -> dict[str, Any]:
+    """The body of every unexpected error: a generic message and the id the server log has it under."""
+    return error_body(500, f"internal server error (request id {request_id}); the server log has the details",
+                      code="internal_error")
+
+
 def install_error_handlers(app: Any) -> None:
-    """Answer ApiError, validation errors, HTTP errors and unexpected errors in the shared error body."""
+    """Answer ApiError, validation errors, HTTP errors, a full queue and unexpected errors in the shared
+    error body (unexpected ones through :class:`InternalErrorMiddleware`, installed here too)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 
-    from ragr.serve.batching import ShuttingDown
+    from ragr.serve.batching import QueueFull, ShuttingDown
 
     async def api_error(request, exc: ApiError):
         return JSONResponse(error_body(exc.status, exc.message, exc.param, exc.code), status_code=exc.status,
@@ -111,7 +136,10 @@ def install_error_handlers(app: Any) -> None:
         return JSONResponse(error_body(status, message, param), status_code=status)
 
     async def http_error(request, exc: HTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code >= 500:  # Starlette's own 5xx: no detail to clients
+            message = "internal server error" if exc.status_code == 500 else "service unavailable"
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
@@ -119,46 +147,123 @@ def install_error_handlers(app: Any) -> None:
         return Response(status_code=499)
 
     async def shutting_down(request, exc: ShuttingDown):
-        return JSONResponse(error_body(503, str(exc)), status_code=503)
+        return JSONResponse(error_body(503, "the server is shutting down", code="shutting_down"), status_code=503,
+                            headers={"Retry-After": "1"})
 
-    async def unexpected(request, exc: Exception):
-        return JSONResponse(error_body(500, f"internal error: {type(exc).__name__}: {exc}"), status_code=500)
+    async def queue_full(request, exc: QueueFull):
+        return JSONResponse(error_body(503, str(exc), param="model", code="queue_full"), status_code=503,
+                            headers={"Retry-After": str(exc.retry_after)})
+
+    async def unexpected(request, exc: Exception):  # fallback: InternalErrorMiddleware answers first
+        return JSONResponse(internal_error_body(uuid.uuid4().hex), status_code=500)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(ClientGone, gone)
     app.add_exception_handler(ShuttingDown, shutting_down)
+    app.add_exception_handler(QueueFull, queue_full)
     app.add_exception_handler(Exception, unexpected)
+    app.add_middleware(InternalErrorMiddleware)
+
+
+class InternalErrorMiddleware:
+    """ASGI middleware: an exception no handler answered becomes a 500 with :func:`internal_error_body`
+    (and an ``X-Request-ID`` header); the traceback is logged once, under the same request id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 - every unexpected error: logged here, generic to the client
+            request_id = uuid.uuid4().hex
+            log.error("request %s (%s %s) failed: %s: %s", request_id, scope.get("method"), scope.get("path"),
+                      type(exc).__name__, exc, exc_info=exc)
+            if started:  # part of the answer is out: nothing to add; the server closes the connection
+                return
+            body = json.dumps(internal_error_body(request_id)).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"x-request-id", request_id.encode())]})
+            await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware: answer 413 to a body over ``max_bytes`` (by Content-Length, or while reading a
-    chunked body) before anything parses it; the app then reads the buffered body as usual."""
+    """ASGI middleware: answer 413 to a body over ``max_bytes`` before anything parses it; the app then
+    reads the buffered body as usual.
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    A declared ``Content-Length`` over the limit is refused before reading; a chunked body once the bytes
+    read pass the limit. Either way the 413 goes out at once (a client that reads while it sends stops
+    there), the rest of the body is read and discarded (up to ``drain_bytes`` in all, for at most
+    ``drain_seconds``), and only then is the answer completed and the connection closed, so the client
+    gets the 413 rather than a connection reset. A client that sent ``Expect: 100-continue`` has sent no
+    body: it is answered without reading.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, drain_bytes: int | None = None,
+                 drain_seconds: float = DRAIN_SECONDS) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.drain_bytes = max(DRAIN_BYTES, max_bytes) if drain_bytes is None else drain_bytes
+        self.drain_seconds = drain_seconds
 
-    async def _reject(self, send: Any) -> None:
+    async def _drain(self, receive: Any, read: int) -> None:
+        async def drain() -> None:
+            nonlocal read
+            while read <= self.drain_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                read += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            await asyncio.wait_for(drain(), self.drain_seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _reject(self, send: Any, receive: Any = None, read: int = 0) -> None:
+        """Send the 413; with ``receive``, read the rest of the body (``read`` bytes so far) before ending it."""
         body = json.dumps(error_body(413, f"request body is larger than {self.max_bytes} bytes (--max-request-bytes)",
                                      code="max_request_bytes")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        if receive is None:
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await self._drain(receive, read)
+        await send({"type": "http.response.body", "body": b""})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    if int(value) > self.max_bytes:
-                        await self._reject(send)
-                        return
-                except ValueError:
-                    pass
+        headers = dict(scope.get("headers", []))
+        try:
+            declared = int(headers[b"content-length"]) if b"content-length" in headers else None
+        except ValueError:
+            declared = None
+        if declared is not None and declared > self.max_bytes:
+            expects = headers.get(b"expect", b"").lower() == b"100-continue"
+            drain = not expects and declared <= self.drain_bytes
+            await self._reject(send, receive if drain else None)
+            return
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -166,11 +271,11 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, receive if more else None, size)
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         replayed = False
 
