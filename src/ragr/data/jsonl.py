@@ -16,6 +16,39 @@ from typing import Any
 from ragr.errors import DataError, UserError
 
 
+def require_file(path: str | os.PathLike, key: str) -> Path:
+    """``path`` (given as ``key``: a config key or a ``--option``) must be a readable file; else one UserError line."""
+    shown = f"{key} {path}" if key.startswith("-") else f"{key}={path}"
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{shown}: no such file")
+    if p.is_dir():
+        raise UserError(f"{shown}: is a directory, not a file")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot be read ({(exc.strerror or type(exc).__name__).lower()})") from None
+    return p
+
+
+def decode_line(raw: bytes, path: str, lineno: int) -> str:
+    """One line of a JSONL file as text; bytes that are not UTF-8 raise a DataError naming the line and column."""
+    try:
+        return raw.decode("utf-8-sig")  # -sig: a byte-order mark opening the file is not data
+    except UnicodeDecodeError as exc:
+        raise DataError(path, lineno, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+
+
+def valid_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's ``"\\ud800"``), which no tokenizer accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """Yield ``(line_number, byte_offset, object)`` for each non-blank line; bad JSON raises DataError."""
     path = Path(path)
@@ -27,11 +60,11 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, int, dict[str, An
             start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
+            text = decode_line(raw, str(path), lineno)
             try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-                raise DataError(str(path), lineno, f"invalid JSON ({msg})") from None
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(str(path), lineno, f"invalid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
             yield lineno, start, obj
@@ -45,6 +78,8 @@ def require_str(obj: dict, key: str, path: str, lineno: int, optional: bool = Fa
     value = obj[key]
     if not isinstance(value, str) or not value.strip():
         raise DataError(path, lineno, f"must be a non-empty string, got {json.dumps(value)[:60]}", field=key)
+    if not valid_unicode(value):
+        raise DataError(path, lineno, "not valid Unicode (a lone surrogate escape such as \\ud800)", field=key)
     return value
 
 
@@ -59,6 +94,9 @@ def require_str_list(obj: dict, key: str, path: str, lineno: int, optional: bool
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise DataError(path, lineno, f"item {i} must be a non-empty string, got {json.dumps(item)[:60]}", field=key)
+        if not valid_unicode(item):
+            raise DataError(path, lineno, f"item {i} is not valid Unicode (a lone surrogate escape such as \\ud800)",
+                            field=key)
     return value
 
 
