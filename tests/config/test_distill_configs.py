@@ -52,18 +52,24 @@ def test_every_distill_loss_composes(loss):
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_distill_recipe_composes_and_says_how_to_run_it(recipe):
+def test_every_distill_recipe_composes_and_says_how_to_run_it(recipe, tmp_path, monkeypatch):
     text = (CONF_DIR / "recipe" / f"{recipe}.yaml").read_text()
     command = re.search(r"^# Run: (ragr distill recipe=\S+.*)$", text, re.M).group(1)
     overrides = [a for a in command.split()[2:] if "=" in a]
+    monkeypatch.chdir(tmp_path)  # the data files the header names must exist when the config is composed
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("data.train", "data.eval"):
+            (tmp_path / value).touch()
     cfg = compose_config("distill", overrides)
     assert cfg["name"] == recipe
     cfg = compose_config("distill", overrides + ["trainer.lr=0.123"])  # the command line beats the recipe
     assert cfg["trainer"]["lr"] == 0.123
 
 
-def test_stella_recipe_is_rag_retrievals_two_1792_teachers():
-    cfg = compose_config("distill", ["recipe=stella-jasper-stage3", "teacher.name_or_path=t.npy", "data.train=t.jsonl"])
+def test_stella_recipe_is_rag_retrievals_two_1792_teachers(tmp_path):
+    (tmp_path / "t.jsonl").touch()
+    cfg = compose_config("distill", ["recipe=stella-jasper-stage3", "teacher.name_or_path=t.npy", f"data.train={tmp_path / 't.jsonl'}"])
     assert cfg["loss"]["dims"][-1] == 3584 == 2 * 1792
     assert (cfg["loss"]["cosine_weight"], cfg["loss"]["similarity_weight"], cfg["loss"]["hinge_weight"],
             cfg["loss"]["margin"]) == (10.0, 200.0, 20.0, 0.015)

@@ -168,3 +168,37 @@ def test_batch_size_caps_forward_passes_across_requests():
     # one step (all 5 pairs fit 1000 tokens), sorted longest first, 2 pairs per forward pass
     assert [[len(d) for _, d in c] for c in model.reranker.calls] == [[5, 5], [4, 3], [3]]
     assert queue.stats["max_requests_per_batch"] == 2
+
+
+def test_max_pending_refuses_at_once_and_frees_up():
+    from ragr.serve.batching import RERANK, BatchQueue, QueueFull
+
+    model = _FakeModel()
+    queue = BatchQueue(model, max_pending=2)
+
+    async def main():
+        queue.pause()
+        queue.start()
+        held = [asyncio.ensure_future(queue.submit(RERANK, [("q", "d" * n)], [n])) for n in (1, 2)]
+        while queue.pending < 2:
+            await asyncio.sleep(0.005)
+        started = time.monotonic()
+        with pytest.raises(QueueFull) as refused:
+            await queue.submit(RERANK, [("q", "ddd")], [3])
+        assert time.monotonic() - started < 1.0  # refused at once, not after the held jobs
+        assert refused.value.retry_after >= 1 and refused.value.max_pending == 2
+        assert "--max-queue 2" in str(refused.value)
+        with pytest.raises(QueueFull):
+            queue.check_capacity()
+        queue.resume()
+        first = await asyncio.gather(*held)
+        queue.check_capacity()  # room again
+        return first, await queue.submit(RERANK, [("q", "dddd")], [4])
+
+    try:
+        first, later = asyncio.run(main())
+    finally:
+        queue.stop()
+    assert first == [[1.0], [2.0]] and later == [4.0]
+    assert queue.stats["refused"] == 2 and queue.stats["requests"] == 3
+    assert 1 <= queue.retry_after() <= BatchQueue.RETRY_MAX

@@ -45,6 +45,18 @@ def test_user_errors_exit_2(args, needle):
     assert needle in res.output
 
 
+def test_help_documents_the_queue_bound():
+    res = runner.invoke(app, ["serve", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    assert "--max-queue" in res.output and "503" in res.output
+
+
+def test_max_queue_default_is_bounded():
+    from ragr.serve.limits import ServeSettings
+
+    assert ServeSettings().max_queue == 256
+
+
 def test_port_in_use_exits_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -72,7 +84,7 @@ def test_cli_wires_models_settings_and_loopback(model_dirs, monkeypatch):
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     res = runner.invoke(app, ["serve", "--model", f"rr={model_dirs['ce']}", "--model", str(model_dirs["emb"]),
-                              "--port", "0", "--api-key", "k", "--max-documents", "7", "--long-doc", "max-chunk",
+                              "--port", "0", "--api-key", "k", "--max-documents", "7", "--max-queue", "5", "--long-doc", "max-chunk",
                               "--threads", "3"])
     assert res.exit_code == 0, res.output
     assert seen["threads"] == 3
@@ -82,6 +94,7 @@ def test_cli_wires_models_settings_and_loopback(model_dirs, monkeypatch):
     assert state.models["rr"].family == "cross_encoder" and state.models["rr"].long_doc == "max-chunk"
     assert state.models["emb"].can_embed and not state.models["rr"].can_embed
     assert state.settings.api_key == "k" and state.settings.max_documents == 7
+    assert state.settings.max_queue == 5 and state.queues["rr"].max_pending == 5
     assert f"http://127.0.0.1:{seen['address'][1]}" in res.output
 
 

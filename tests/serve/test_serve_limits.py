@@ -186,12 +186,12 @@ def test_full_queue_refuses_with_503_and_answers_the_accepted(model_dirs, live_s
 
 
 def test_overload_with_a_slow_worker(model_dirs, live_server, reference):
-    """24 concurrent requests at a slow worker (one pair per forward pass, 30 ms each) and --max-queue 2:
+    """24 concurrent requests at a slow worker (one pair per forward pass, 50 ms each) and --max-queue 2:
     some 503s with Retry-After, no other 5xx, and every accepted request scored right."""
     from ragr.serve import ServeSettings, create_app
 
     settings = ServeSettings(max_queue=2, max_batch_tokens=1)
-    live = live_server(create_app([_fresh_model(model_dirs, slow=0.03)], settings))
+    live = live_server(create_app([_fresh_model(model_dirs, slow=0.05)], settings))
     bodies = _bodies(24)
 
     async def fire():

@@ -13,6 +13,10 @@ import typer
 from ragr.errors import UserError
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+#: command parameters that name a file the command reads (``ragr rerank/mine/embed --input``, ``ragr mine
+#: --corpus``): :func:`handle_errors` checks each given one is a readable file before the command body runs,
+#: so a wrong path is one line naming the option, before any model loads
+INPUT_FILE_OPTIONS = {"input": "--input", "corpus": "--corpus"}
 OVERRIDES_HELP = "Hydra overrides: group=option (model=bert) or key=value (trainer.lr=1e-5)."
 
 
@@ -23,6 +27,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
+            check_input_options(kwargs)
             return fn(*args, **kwargs)
         except UserError as exc:
             from rich.console import Console
@@ -36,6 +41,16 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def check_input_options(params: dict[str, Any]) -> None:
+    """Each given :data:`INPUT_FILE_OPTIONS` parameter must be a readable file (UserError naming the option)."""
+    from ragr.data.jsonl import require_file
+
+    for name, option in INPUT_FILE_OPTIONS.items():
+        value = params.get(name)
+        if value is not None:
+            require_file(value, option)
 
 
 def print_metrics_table(console, title: str, columns: dict[str, dict[str, float] | None]) -> None:

@@ -11,10 +11,21 @@ import typer
 from ragr.cli.common import handle_errors
 
 
-def parse_line(raw: str, lineno: int, source: str) -> tuple[str, dict[str, Any]]:
-    """Validate one input line: ``("pair", obj)`` or ``("group", obj)``; raises DataError naming the line."""
+def _check_text(value: str, lineno: int, source: str, field: str, what: str = "") -> None:
+    from ragr.data.jsonl import valid_unicode
     from ragr.errors import DataError
 
+    if not valid_unicode(value):
+        raise DataError(source, lineno, f"{what}not valid Unicode (a lone surrogate escape such as \\ud800)", field=field)
+
+
+def parse_line(raw: str | bytes, lineno: int, source: str) -> tuple[str, dict[str, Any]]:
+    """Validate one input line (bytes: UTF-8): ``("pair", obj)`` or ``("group", obj)``; raises DataError naming the line."""
+    from ragr.data.jsonl import decode_line
+    from ragr.errors import DataError
+
+    if isinstance(raw, bytes):
+        raw = decode_line(raw, source, lineno)
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -25,9 +36,11 @@ def parse_line(raw: str, lineno: int, source: str) -> tuple[str, dict[str, Any]]
         raise DataError(source, lineno, "missing", field="query")
     if not isinstance(obj["query"], str):
         raise DataError(source, lineno, f"must be a string, got {json.dumps(obj['query'])[:60]}", field="query")
+    _check_text(obj["query"], lineno, source, "query")
     if "document" in obj:
         if not isinstance(obj["document"], str):
             raise DataError(source, lineno, f"must be a string, got {json.dumps(obj['document'])[:60]}", field="document")
+        _check_text(obj["document"], lineno, source, "document")
         return "pair", obj
     if "documents" in obj:
         docs = obj["documents"]
@@ -36,6 +49,7 @@ def parse_line(raw: str, lineno: int, source: str) -> tuple[str, dict[str, Any]]
         for i, d in enumerate(docs):
             if not isinstance(d, str):
                 raise DataError(source, lineno, f"item {i} must be a string, got {json.dumps(d)[:60]}", field="documents")
+            _check_text(d, lineno, source, "documents", f"item {i} is ")
         return "group", obj
     raise DataError(source, lineno, "missing (a line needs 'document' (a pair) or 'documents' (a group))",
                     field="document")
@@ -100,8 +114,6 @@ def register(app: typer.Typer) -> None:
 
         if long_doc not in LONG_DOC:
             raise UserError(f"--long-doc must be one of {', '.join(LONG_DOC)}, got '{long_doc}'")
-        if input is not None and not input.is_file():
-            raise UserError(f"--input {input}: no such file")
         if quiet:
             from transformers.utils import logging as hf_logging
 
@@ -109,7 +121,8 @@ def register(app: typer.Typer) -> None:
         reranker = Reranker(model, family=family, device=device, dtype=dtype, max_length=max_length,
                             long_doc=long_doc, overlap=overlap, batch_size=batch_size, max_tokens=max_tokens)
         source = str(input) if input is not None else "<stdin>"
-        fin = open(input, encoding="utf-8") if input is not None else sys.stdin
+        # bytes in, decoded line by line: a line that is not UTF-8 is a bad line like any other (see parse_line)
+        fin = open(input, "rb") if input is not None else sys.stdin.buffer
         fout = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
         n_lines = n_pairs = n_bad = 0
         try:

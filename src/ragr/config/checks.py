@@ -120,9 +120,9 @@ def check_groups(cfg: dict[str, Any], name: str, objective: str | None, target: 
         raise UserError(f"{what}, but data.format=pointwise gives each group one candidate (the loss is 0 whatever "
                         f"the scores): use loss=pointwise, or grouped / triplet data with data.num_negatives=1 or more")
     if negatives == 0:
-        via = " (distill.group_size=null: 1 + data.num_negatives)" if "distill" in cfg else ""
-        raise UserError(f"{what}, but data.num_negatives=0 gives each group one candidate{via} (the loss is 0 "
-                        f"whatever the scores): set data.num_negatives=1 or more, or use loss={single}"
+        also = " (or distill.group_size=2 or more)" if "distill" in cfg else ""
+        raise UserError(f"{what}, but data.num_negatives=0 gives each group one candidate (the loss is 0 "
+                        f"whatever the scores): set data.num_negatives=1 or more{also}, or use loss={single}"
                         + (" with pointwise data" if single == "pointwise" else ""))
 
 
