@@ -138,7 +138,7 @@ def test_without_max_steps_the_epochs_set_the_step_count(tiny_bert, data_dir, tm
 def test_a_budget_below_one_token_is_refused(tiny_bert, data_dir, tmp_path):
     overrides = common(tiny_bert, data_dir) + ["trainer.max_steps=1", "trainer.max_tokens_per_batch=0",
                                                f"output_dir={tmp_path / 'r'}"]
-    with pytest.raises(UserError, match="max_tokens_per_batch must be >= 1"):
+    with pytest.raises(UserError, match=r"trainer.max_tokens_per_batch' must be >= 1, got 0"):
         run_local(compose_config("train", overrides), quiet=True)
 
 

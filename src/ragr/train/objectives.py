@@ -75,6 +75,10 @@ class Contrastive(Objective):
         data = self.cfg["data"]
         index, fmt = load_training_file(self._require_train(), data.get("format", "auto"))
         self.format = fmt
+        if fmt != "triplet" and self.cfg["loss"].get("in_batch_negatives", True) is False:
+            raise UserError(f"{data['train']} holds {fmt} data (no hard negatives) and loss.in_batch_negatives=false: "
+                            "each query would be scored against its positive alone and the loss is 0 whatever the "
+                            "model does; set loss.in_batch_negatives=true or give triplets")
         return ContrastiveDataset(index, data["num_negatives"], seed=self.cfg["seed"], use_negatives=fmt == "triplet")
 
     def collate(self, examples):

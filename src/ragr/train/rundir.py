@@ -54,7 +54,8 @@ def find_resume_point(run_dir: Path, resume: str | None) -> Path | None:
 RESUME_FREE = ("trainer.resume", "trainer.resume_force", "trainer.log_every", "trainer.save_every",
                "trainer.save_total_limit", "trainer.eval_before", "trainer.eval_after", "trainer.eval_every",
                "trainer.tensorboard", "launcher.timeout_s", "launcher.main_process_ip", "launcher.main_process_port",
-               "launcher.machine_rank", "name", "output_dir", "distill.rescore", "data.eval", "distill.agreement_queries")
+               "launcher.machine_rank", "name", "output_dir", "distill.rescore", "data.eval", "distill.agreement_queries",
+               "trainer.num_workers")  # num_workers: a removed key that did nothing
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
