@@ -30,8 +30,8 @@ class MaxPoolEmbedder(nn.Module, Scorer):
         self.max_length = max_doc_length
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, max_query_length: int = 64, max_doc_length: int = 128, pooling: str = "max",
-                        normalize: bool = True, dense_dim: int | None = None, query_prompt: str = "", doc_prompt: str = "",
+    def from_pretrained(cls, name_or_path: str, max_query_length: int = 64, max_doc_length: int = 128, pooling: str | None = None,
+                        normalize: bool | None = None, dense_dim: int | None = None, query_prompt: str = "", doc_prompt: str = "",
                         dtype: torch.dtype | None = None, key: str = "model.name_or_path") -> MaxPoolEmbedder:
         from transformers import AutoModel, AutoTokenizer
 

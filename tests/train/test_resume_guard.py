@@ -32,6 +32,7 @@ def interrupted(tiny_bert_nodropout, data_dir, tmp_path, interrupt_after_checkpo
 @pytest.mark.parametrize("change, needle", [
     ("trainer.lr=1e-3", "trainer.lr: 5e-05 -> 0.001"),
     ("trainer.batch_size=2", "trainer.batch_size: 4 -> 2"),
+    ("trainer.scheduler=linear", "trainer.scheduler: cosine -> linear"),
     ("seed=7", "seed: 42 -> 7"),
 ])
 def test_a_changed_config_is_refused_naming_the_change(interrupted, change, needle):

@@ -55,7 +55,8 @@ RESUME_FREE = ("trainer.resume", "trainer.resume_force", "trainer.log_every", "t
                "trainer.save_total_limit", "trainer.eval_before", "trainer.eval_after", "trainer.eval_every",
                "trainer.tensorboard", "launcher.timeout_s", "launcher.main_process_ip", "launcher.main_process_port",
                "launcher.machine_rank", "name", "output_dir", "distill.rescore", "data.eval", "distill.agreement_queries",
-               "trainer.num_workers")  # num_workers: a removed key that did nothing
+               "trainer.num_workers",  # a removed key that did nothing
+               "trainer.max_steps", "trainer.epochs")  # where the run stops: extending a finished run is continuing it
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
