@@ -24,12 +24,17 @@ def _groups(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], lis
     return queries, cands, labels
 
 
+def _encodes_texts(scorer) -> bool:
+    """Whether ``scorer`` (or the scorer inside a Reranker) scores groups by encoding each distinct text once."""
+    inner = getattr(scorer, "scorer", scorer)  # a Reranker wraps a scorer
+    return callable(getattr(inner, "score_groups", None)) and getattr(scorer, "long_doc", "truncate") == "truncate"
+
+
 def score_groups(scorer, queries: list[str], candidates: list[list[str]], batch_size: int = 64,
                  progress: Callable[[float], None] | None = None) -> list[list[float]]:
     """Raw scores of each query's candidates, through the scorer's own ``score_groups`` when it has one."""
-    inner = getattr(scorer, "scorer", scorer)  # a Reranker wraps a scorer
-    if callable(getattr(inner, "score_groups", None)) and getattr(scorer, "long_doc", "truncate") == "truncate":
-        return inner.score_groups(queries, candidates, batch_size=batch_size, progress=progress)
+    if _encodes_texts(scorer):
+        return getattr(scorer, "scorer", scorer).score_groups(queries, candidates, batch_size=batch_size, progress=progress)
     from ragr.infer.reranker import Reranker
 
     rr = scorer if isinstance(scorer, Reranker) else Reranker.from_scorer(scorer, batch_size=batch_size)
@@ -50,8 +55,7 @@ def evaluate(scorer, rows: list[dict[str, Any]], batch_size: int = 64, ks: Seque
 
 def count_items(scorer, rows: list[dict[str, Any]]) -> int:
     """Progress-bar total of :func:`evaluate`: distinct texts for encoding scorers, pairs otherwise."""
-    inner = getattr(scorer, "scorer", scorer)
-    if callable(getattr(inner, "score_groups", None)) and getattr(scorer, "long_doc", "truncate") == "truncate":
+    if _encodes_texts(scorer):
         return len({(r.get("prompt") or "") + r["query"] for r in rows}) + len(
             {d for r in rows for d in r["positive"] + r["negative"]})
     return sum(len(r["positive"]) + len(r["negative"]) for r in rows)

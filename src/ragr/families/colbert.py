@@ -32,7 +32,10 @@ class ColBERTFamily(Family):
     def scorer(self, model):
         from ragr.infer.colbert import ColBERTScorer
 
-        return ColBERTScorer(model, cache_elements=0)
+        was_training = model.training
+        scorer = ColBERTScorer(model, cache_elements=0)  # it puts the model in eval mode; a live model keeps its own
+        model.train(was_training)
+        return scorer
 
     def encode(self, fwd, texts: Sequence[str], is_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token vectors [N, L, dim], token_mask [N, L])``."""

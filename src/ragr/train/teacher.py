@@ -105,13 +105,14 @@ def _fingerprint(path: str) -> list[tuple[str, str]]:
             for p in sorted(root.glob("*")) + sorted(root.glob("*/*")) if p.is_file()]
 
 
-def cache_key(node: dict[str, Any], family: str, path: str, dtype_setting: str, source: dict[str, Any]) -> str:
+def cache_key(node: dict[str, Any], family: str, path: str, dtype_setting: str, source: dict[str, Any],
+              files: list[tuple[str, str]] | None = None) -> str:
     """Key of a cache entry: the teacher (config, family, folder contents, the dtype and device kind actually used)
     + the scored data (hash, view). Another machine's auto dtype (bf16 on a GPU) is another key."""
     from ragr.device import compute_dtype
 
     teacher = {k: v for k, v in node.items() if k not in TRAINING_ONLY}
-    payload = json.dumps({"teacher": teacher, "family": family, "files": _fingerprint(path),
+    payload = json.dumps({"teacher": teacher, "family": family, "files": files if files is not None else _fingerprint(path),
                           "dtype": str(compute_dtype(dtype_setting) or "torch.float32"), "device": rank_device().type,
                           "source": source}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
@@ -180,6 +181,7 @@ class TeacherSession:
         if self.family != node["family"]:
             console.print(f"teacher: {path} holds a {self.family} model (config said {node['family']}); scoring it as {self.family}")
         self.scorer = None
+        self.files: list[tuple[str, str]] | None = None
 
     def scores(self, source: dict[str, Any], groups_fn, offsets: np.ndarray) -> tuple[TeacherScores, dict[str, Any]]:
         """Teacher scores of one view (``source`` describes it: file, sha256, view); cached unless rescoring.
@@ -189,7 +191,9 @@ class TeacherSession:
         """
         import torch.distributed as dist
 
-        key = cache_key(self.node, self.family, self.path, self.settings["teacher_dtype"], source)
+        if self.files is None:  # hashed once per session: the train and eval views share it
+            self.files = _fingerprint(self.path)
+        key = cache_key(self.node, self.family, self.path, self.settings["teacher_dtype"], source, self.files)
         entry = self.cache_dir / key
         n_records = len(offsets) - 1
         rank, world = _rank()
