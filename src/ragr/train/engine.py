@@ -238,6 +238,8 @@ class Engine:
         self.task.save(self.accelerator.unwrap_model(model), tmp)
         record = {"step": step, "metric": name, "value": value, "metrics": metrics}
         (tmp / "best.json").write_text(json.dumps(record, indent=2))
+        from ragr.train.card import write_model_card  # README.md beside the weights; never raises
+        write_model_card(tmp, self.cfg, metrics=metrics, step=step, name="best")
         replace_dir(tmp, self.run_dir / "best")
         self.best = record
         self._log({"step": step, "event": "best", "metric": name, "value": value})
@@ -375,6 +377,8 @@ class Engine:
             tmp = self.run_dir / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             self.task.save(final, tmp)
+            from ragr.train.card import write_model_card  # README.md beside the weights; never raises
+            write_model_card(tmp, self.cfg, metrics=results.get("after"), step=total, name="model")
             replace_dir(tmp, self.run_dir / "model")
             evals = {k: results[k] for k in ("before", "after") if results.get(k)}
             if self.best is not None:
