@@ -149,3 +149,29 @@ def assert_chunked_matches_plain():
             torch.testing.assert_close(chunk_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
     return check
+
+
+def make_tiny_mlm(path: Path, seed: int = 0) -> str:
+    """A 2-layer BERT masked-LM (hidden 32, decoder tied to the embeddings) with a small WordPiece vocabulary made
+    from the QA texts (165 terms), so SPLADE's vocabulary-wide vectors stay small."""
+    import re
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    words = sorted({w for q, a in QA for w in re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]", (q + " " + a).lower())})
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + [c for c in chars if c not in words] + ["##" + c for c in chars]
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    BertForMaskedLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory) -> str:
+    return make_tiny_mlm(tmp_path_factory.mktemp("tiny-mlm"))

@@ -111,3 +111,8 @@ losses.register("distill-mse", "ragr.losses.distill:MSEDistillLoss", "distill: M
 losses.register("distill-bce", "ragr.losses.distill:BCEDistillLoss", "distill: BCE of the student's logit against the teacher's probability")
 losses.register("llm-preference", "ragr.losses.distill:LLMPreferenceLoss", "distill: retriever softmax vs softmax of given (LLM) scores, per query")
 losses.register("stella", "ragr.losses.stella:StellaLoss", "distill: Stella/Jasper stage 3 from teacher vectors (cosine + sim MSE + hinge)")
+
+# ---- sparse retrieval (issue 15) -----------------------------------------------------------------
+families.register("splade", "ragr.families.splade:SpladeFamily", "learned sparse: MLM logits -> log(1+relu), max-pooled term weights, dot product")
+losses.register("splade", "ragr.losses.splade:SpladeLoss", "sparse: InfoNCE on term-weight dot products + FLOPS regulariser (queries, documents)")
+losses.register("splade-distill", "ragr.losses.splade:SpladeDistillLoss", "sparse distill: KL or margin-MSE to teacher scores + FLOPS regulariser")

@@ -61,6 +61,32 @@ def _translate(exc: Exception, command: str, overrides: list[str]) -> UserError:
     return UserError(f"config error: {first}")
 
 
+def _with_family_loss(command: str, overrides: list[str]) -> list[str]:
+    """``ragr train model=splade`` (or ``model.family=splade``) without a ``loss=``: the family's own loss
+    (its ``default_loss``), since the default one cannot train it. A Hydra model preset cannot choose another
+    group's option, so this is done here, before composing (``loss.KEY=...`` overrides then apply to that loss)."""
+    if command != "train":
+        return overrides
+    keys = {o.lstrip("+~").split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    if "loss" in keys:
+        return overrides
+    family = keys.get("model.family")
+    if family is None and "model" in keys and (CONF_DIR / "model" / f"{keys['model']}.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        family = OmegaConf.load(CONF_DIR / "model" / f"{keys['model']}.yaml").get("family")
+    if not family:
+        return overrides
+    from ragr.registry import families
+
+    if family not in families:
+        return overrides  # the schema check names the unknown family
+    from ragr.families import get_family
+
+    loss = getattr(get_family(str(family)), "default_loss", None)
+    return overrides + [f"loss={loss}"] if loss else overrides
+
+
 def compose_config(command: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Compose ``conf/<command>.yaml`` with Hydra overrides, resolve it and validate it.
 
@@ -73,7 +99,7 @@ def compose_config(command: str, overrides: list[str] | None = None) -> dict[str
     from ragr.config.resolvers import register_resolvers
     from ragr.config.schema import validate
 
-    overrides = list(overrides or [])
+    overrides = _with_family_loss(command, list(overrides or []))
     register_resolvers()
     try:
         cfg = _hydra_compose(command, overrides)

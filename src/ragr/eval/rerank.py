@@ -50,7 +50,11 @@ def evaluate(scorer, rows: list[dict[str, Any]], batch_size: int = 64, ks: Seque
              progress: Callable[[float], None] | None = None) -> dict[str, float]:
     """Score every (query, candidate) of ``rows`` with ``scorer`` and compute the rank metrics."""
     queries, cands, labels = _groups(rows)
-    return rerank_metrics(score_groups(scorer, queries, cands, batch_size, progress), labels, ks=ks)
+    metrics = rerank_metrics(score_groups(scorer, queries, cands, batch_size, progress), labels, ks=ks)
+    stats = getattr(getattr(scorer, "scorer", scorer), "encode_stats", None)  # e.g. a sparse model's active dims
+    if callable(stats):
+        metrics.update(stats())
+    return metrics
 
 
 def count_items(scorer, rows: list[dict[str, Any]]) -> int:

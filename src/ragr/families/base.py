@@ -6,6 +6,9 @@ Outputs a family can produce (its ``produces``), and what consumes them:
   Consumed by the contrastive objective (InfoNCE, MRL) and the vectors objective (Stella).
 * ``multivectors`` — token vectors per text (:meth:`Family.encode` -> ``([N, L, D], mask [N, L])``),
   scored by the family's :meth:`Family.similarity` (ColBERT's MaxSim). Contrastive objective.
+* ``sparse`` — one vocabulary-wide term-weight vector per text (:meth:`Family.encode` -> ``[N, V]``, mostly
+  zeros; SPLADE), scored by dot products. Consumed by the contrastive objective through sparse losses
+  (``loss=splade``: ranking loss + FLOPS regulariser), which need the vectors, not only their scores.
 * ``pair_scores`` — one score per (query, document) pair (:meth:`Family.score_pairs`). Every family
   produces these (vector families through their similarity). The grouped-scores objective (reranker
   labels or teacher scores) consumes them.
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-OUTPUTS = ("vectors", "multivectors", "pair_scores")
+OUTPUTS = ("vectors", "multivectors", "sparse", "pair_scores")
 
 #: Families registered at run time (:func:`register_family`), by name.
 _LOCAL: dict[str, Family] = {}

@@ -332,6 +332,8 @@ class Engine:
         with self.console.progress("train", total, completed=start) as advance, watchdog:
             for step in range(start, total):
                 epoch = step // spe
+                if hasattr(loss_fn, "set_step"):  # losses with a step schedule (SPLADE's FLOPS warm-up); exact on resume
+                    loss_fn.set_step(step, total)
                 for a in range(a_steps):
                     batch = self.task.collate([dataset[i] for i in self._micro_batch(dataset, step, a, spe)])
                     last = a == a_steps - 1
