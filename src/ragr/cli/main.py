@@ -10,6 +10,7 @@ from ragr.cli import ls, train
 from ragr.cli import mine as mine_cmd
 from ragr.cli import distill as distill_cmd
 from ragr.cli import embed as embed_cmd
+from ragr.cli import export as export_cmd
 from ragr.cli import rerank as rerank_cmd
 from ragr.cli import serve as serve_cmd
 
@@ -33,7 +34,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-for module in (train, eval_cmd, ls, rerank_cmd, serve_cmd, mine_cmd, distill_cmd, embed_cmd):
+for module in (train, eval_cmd, ls, rerank_cmd, serve_cmd, mine_cmd, distill_cmd, embed_cmd, export_cmd):
     module.register(app)
 
 

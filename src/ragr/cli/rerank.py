@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="At most this many pairs per forward pass (default: as many as fit --max-tokens; 32 for LLM families)."),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Padded tokens per forward pass (default: 8192 on CPU, 32768 on GPU; cross-encoders sort pairs by token length)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnx (ONNX Runtime, a folder from `ragr export`); default: read from the folder."),
         max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Input length in tokens (default: the model's)."),
         long_doc: str = typer.Option("truncate", "--long-doc", help="truncate | max-chunk (max over overlapping windows)."),
         overlap: int = typer.Option(32, "--overlap", min=0, help="Tokens shared by consecutive max-chunk windows."),
@@ -119,7 +120,8 @@ def register(app: typer.Typer) -> None:
 
             hf_logging.disable_progress_bar()
         reranker = Reranker(model, family=family, device=device, dtype=dtype, max_length=max_length,
-                            long_doc=long_doc, overlap=overlap, batch_size=batch_size, max_tokens=max_tokens)
+                            long_doc=long_doc, overlap=overlap, batch_size=batch_size, max_tokens=max_tokens,
+                            backend=backend)
         source = str(input) if input is not None else "<stdin>"
         # bytes in, decoded line by line: a line that is not UTF-8 is a bad line like any other (see parse_line)
         fin = open(input, "rb") if input is not None else sys.stdin.buffer
@@ -159,4 +161,4 @@ def register(app: typer.Typer) -> None:
                 fout.close()
         if not quiet:
             extra = f", {n_bad} bad lines skipped" if n_bad else ""
-            print(f"reranked {n_lines} lines ({n_pairs} pairs) with {reranker.family} model {model}{extra}", file=sys.stderr)
+            print(f"reranked {n_lines} lines ({n_pairs} pairs) with {reranker.family} model {model} ({reranker.backend}){extra}", file=sys.stderr)

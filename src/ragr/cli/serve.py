@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens", min=1, help="Token budget of one forward pass, shared by concurrent requests."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Most pairs (or texts) in one forward pass; length-sorted, as in ragr rerank."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnx (ONNX Runtime, a folder from `ragr export`); default: read from each folder."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
         max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Input length in tokens (default: the model's)."),
         long_doc: str = typer.Option("truncate", "--long-doc", help="truncate | max-chunk (max over overlapping windows), as in ragr rerank."),
@@ -90,7 +91,7 @@ def register(app: typer.Typer) -> None:
         sock = bind(host, port)  # before the (slow) model loads: a taken port fails at once
         try:
             models = [load_model(name, source, device=device, dtype=dtype, max_length=max_length, long_doc=long_doc,
-                                 overlap=overlap, batch_size=batch_size) for name, source in specs]
+                                 overlap=overlap, batch_size=batch_size, backend=backend) for name, source in specs]
             app_ = create_app(models, settings)
             bound = sock.getsockname()[1]
             shown = f"[{host}]" if ":" in host else host

@@ -74,3 +74,32 @@ def detect_family(path: str | Path) -> str:
         "Pooling, or *ForSequenceClassification / *ForCausalLM architecture in config.json); pass the family "
         "explicitly (family=... / --family)"
     )
+
+
+#: inference backends: PyTorch, or ONNX Runtime on a folder written by ``ragr export``
+BACKENDS = ("torch", "onnx")
+#: files holding PyTorch / safetensors weights (a folder with none of these and an ONNX file is ONNX-only)
+_TORCH_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+
+
+def detect_backend(path: str | Path, backend: str | None = None) -> str:
+    """``torch`` or ``onnx`` for the model folder ``path``.
+
+    ``backend`` given (``torch`` / ``onnx``) is checked and returned; None or ``auto``: ``onnx`` when
+    ``ragr.json`` records an ONNX export (``ragr export``), or the folder has ``onnx/model.onnx`` and no
+    PyTorch weights; else ``torch``.
+    """
+    if backend not in (None, "auto", *BACKENDS):
+        from ragr.errors import did_you_mean
+
+        raise UserError(f"unknown backend '{backend}'{did_you_mean(str(backend), ['auto', *BACKENDS])}; "
+                        f"choices: auto, {', '.join(BACKENDS)}")
+    if backend in BACKENDS:
+        return backend
+    path = Path(path)
+    meta = _read_json(path / "ragr.json")
+    if isinstance(meta, dict) and isinstance(meta.get("onnx"), dict):
+        return "onnx"
+    if (path / "onnx" / "model.onnx").is_file() and not any(any(path.glob(p)) for p in _TORCH_WEIGHTS):
+        return "onnx"
+    return "torch"

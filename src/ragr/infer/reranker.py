@@ -55,6 +55,9 @@ class Reranker:
             CPU, 32768 on a GPU. Families that tokenize up front (cross-encoders) sort pairs by exact
             token length, cut batches that pad least within this budget and pad each batch only to
             its own longest pair; others sort by characters.
+        backend: ``torch`` or ``onnx`` (ONNX Runtime, a folder written by ``ragr export``; cross-encoders and
+            embedders); None or ``auto``: read from the folder (:func:`ragr.infer.detect.detect_backend`).
+            The ONNX file's precision (fp32, int8, fp16) is fixed at export; option ``file_name`` picks another.
         **options: family options, such as an LLM's ``prompt`` dict.
 
     Example:
@@ -65,7 +68,8 @@ class Reranker:
 
     def __init__(self, name_or_path: str, family: str | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, max_length: int | None = None, long_doc: str = "truncate",
-                 overlap: int = 32, batch_size: int | None = None, max_tokens: int | None = None, **options: Any) -> None:
+                 overlap: int = 32, batch_size: int | None = None, max_tokens: int | None = None,
+                 backend: str | None = None, **options: Any) -> None:
         from ragr.infer.detect import detect_family
         from ragr.infer.presets import preset_for
         from ragr.models.hub import resolve_model_path
@@ -77,10 +81,16 @@ class Reranker:
         if max_length is not None:
             opts["max_length"] = max_length
         opts.update(options)
-        from ragr.device import default_device
+        from ragr.infer.detect import detect_backend
 
-        device = device or str(default_device())
-        cls = scorer_class(family)
+        if detect_backend(path, backend) == "onnx":
+            from ragr.infer.onnx import auto_device, onnx_scorer_class
+
+            cls, device = onnx_scorer_class(family), device or auto_device()
+        else:
+            from ragr.device import default_device
+
+            cls, device = scorer_class(family), device or str(default_device())
         try:
             scorer = cls.load(path, device=device, dtype=parse_dtype(dtype), **opts)
         except TypeError as exc:
@@ -114,6 +124,8 @@ class Reranker:
         self.batch_overhead = BATCH_OVERHEAD[kind]
 
     def _device_type(self) -> str:
+        if isinstance(getattr(self.scorer, "device_type", None), str):  # a scorer without torch parameters (ONNX)
+            return self.scorer.device_type
         params = getattr(self.scorer, "parameters", None)
         try:
             return next(params()).device.type if callable(params) else "cpu"
@@ -123,6 +135,11 @@ class Reranker:
     @property
     def family(self) -> str:
         return self.scorer.family
+
+    @property
+    def backend(self) -> str:
+        """``torch`` or ``onnx``."""
+        return getattr(self.scorer, "backend", "torch")
 
     def __repr__(self) -> str:
         return f"Reranker({self.name_or_path!r}, family={self.family!r}, long_doc={self.long_doc!r})"

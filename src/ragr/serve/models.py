@@ -88,8 +88,10 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 def load_model(name: str, source: str, *, family: str | None = None, device: str | None = None,
                dtype: str | None = None, max_length: int | None = None, long_doc: str = "truncate",
-               overlap: int = 32, batch_size: int = 32) -> ServedModel:
+               overlap: int = 32, batch_size: int = 32, backend: str | None = None) -> ServedModel:
     """Load ``source`` the way ``ragr rerank`` does (:class:`ragr.infer.Reranker`), so scores match it.
+
+    ``backend``: ``torch`` or ``onnx`` (None: read from the folder, as ``ragr rerank``).
 
     ``batch_size`` matters only for ``max-chunk``: the windows of one forward pass's pairs are scored
     ``batch_size`` at a time (the batching queue sizes the forward passes of pairs itself).
@@ -97,7 +99,7 @@ def load_model(name: str, source: str, *, family: str | None = None, device: str
     from ragr.infer import Reranker
 
     reranker = Reranker(source, family=family, device=device, dtype=dtype, max_length=max_length,
-                        long_doc=long_doc, overlap=overlap, batch_size=batch_size)
+                        long_doc=long_doc, overlap=overlap, batch_size=batch_size, backend=backend)
     embedder = getattr(reranker.scorer, "model", None) if reranker.family == "embedder" else None
     return ServedModel(name=name, source=source, reranker=reranker, embedder=embedder)
 
