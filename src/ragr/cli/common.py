@@ -44,13 +44,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def check_input_options(params: dict[str, Any]) -> None:
-    """Each given :data:`INPUT_FILE_OPTIONS` parameter must be a readable file (UserError naming the option)."""
-    from ragr.data.jsonl import require_file
+    """Each given :data:`INPUT_FILE_OPTIONS` parameter must name a readable source (a file, a `datasets` folder or
+    an ``hf:`` name, :func:`ragr.data.sources.require_source`); else a UserError naming the option."""
+    from ragr.data.sources import require_source
 
     for name, option in INPUT_FILE_OPTIONS.items():
         value = params.get(name)
         if value is not None:
-            require_file(value, option)
+            require_source(value, option)
 
 
 def print_metrics_table(console, title: str, columns: dict[str, dict[str, float] | None]) -> None:

@@ -134,7 +134,7 @@ def _rerank_evaluator(cfg: dict) -> tuple[str, Callable[..., dict], Callable[[li
 def _rerank_file(cfg: dict, console) -> dict[str, Any]:
     from ragr.data.formats import load_rerank_file
 
-    rows = load_rerank_file(cfg["data"]["eval"])
+    rows = load_rerank_file(cfg["data"]["eval"], columns=cfg["data"].get("columns"))
     family, run, count = _rerank_evaluator(cfg)
     with console.progress("eval", count(rows)) as advance:
         metrics = run(rows, advance)

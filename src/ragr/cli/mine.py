@@ -14,9 +14,10 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def mine(
         model: str = typer.Option(..., "--model", "-m", help="Embedder: folder, alias (minilm, bge-base-zh ...) or hub id."),
-        input: str = typer.Option(..., "--input", "-i", help='Pairs or triplets JSONL ({"query", "pos": [...]}).'),
+        input: str = typer.Option(..., "--input", "-i", help='Pairs or triplets ({"query", "pos": [...]}): JSONL, .jsonl.gz, parquet, a save_to_disk folder or hf:NAME[:CONFIG][@SPLIT].'),
+        columns: Optional[list[str]] = typer.Option(None, "--columns", help="FIELD=COLUMN[,...]: the input's columns holding ragr's fields (query=question,pos=answer); sentence-transformers' anchor/positive/negative_N are read as they are."),
         output: str = typer.Option(..., "--output", "-o", help='Triplets JSONL to write ({"query", "pos", "neg"}).'),
-        corpus: Optional[str] = typer.Option(None, "--corpus", help='Candidate documents: JSONL with {"text"[, "title"]} per line (BEIR corpus.jsonl works).'),
+        corpus: Optional[str] = typer.Option(None, "--corpus", help='Candidate documents: {"text"[, "title"]} per record (BEIR corpus.jsonl works; any format --input takes).'),
         corpus_from_data: bool = typer.Option(False, "--corpus-from-data", help="Use the distinct positives (and negatives) of --input as the corpus."),
         n: int = typer.Option(8, "--n", min=1, help="Negatives per query."),
         rank_range: str = typer.Option("10:100", "--rank-range", help="LO:HI, 1-based inclusive ranks to draw from, counted after removing the query's positives."),
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from ragr.data.mine import mine_file, parse_rank_range
+        from ragr.data.sources import parse_columns_option
         from ragr.errors import UserError
         from ragr.ui import Console
 
@@ -43,6 +45,7 @@ def register(app: typer.Typer) -> None:
         if sample not in ("random", "top"):
             raise UserError(f"--sample must be random or top, got {sample!r}")
         lo_hi = parse_rank_range(rank_range)
+        mapping = parse_columns_option(columns)
         console = Console(quiet=quiet)
         from ragr.device import default_device
 
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
             rr = Reranker(reranker, family=reranker_family, batch_size=batch_size)
         stats = mine_file(embedder, input, output, corpus_path=corpus, n=n, rank_range=lo_hi,
                           margin=margin if margin >= 0 else None, reranker=rr, batch_size=batch_size, seed=seed,
-                          sample=sample, console=console)
+                          sample=sample, console=console, columns=mapping)
         s = stats.as_dict()
         console.print(f"{s['written']} of {s['queries']} queries written to [bold]{output}[/] with {s['negatives']} negatives "
                       f"(corpus {s['corpus_size']}; {s['short_rows']} rows short of {n}; {s['skipped_no_negative']} queries "

@@ -19,15 +19,16 @@ def _check_text(value: str, lineno: int, source: str, field: str, what: str = ""
         raise DataError(source, lineno, f"{what}not valid Unicode (a lone surrogate escape such as \\ud800)", field=field)
 
 
-def parse_line(raw: str | bytes, lineno: int, source: str) -> tuple[str, dict[str, Any]]:
-    """Validate one input line (bytes: UTF-8): ``("pair", obj)`` or ``("group", obj)``; raises DataError naming the line."""
+def parse_line(raw: str | bytes | dict, lineno: int, source: str) -> tuple[str, dict[str, Any]]:
+    """Validate one input line (bytes: UTF-8; a dict: a table's row): ``("pair", obj)`` or ``("group", obj)``;
+    raises DataError naming the line (or row)."""
     from ragr.data.jsonl import decode_line
     from ragr.errors import DataError
 
     if isinstance(raw, bytes):
         raw = decode_line(raw, source, lineno)
     try:
-        obj = json.loads(raw)
+        obj = raw if isinstance(raw, dict) else json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DataError(source, lineno, f"invalid JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
         normalize: bool = typer.Option(False, "--normalize", help="Scores in [0, 1] (sigmoid of the logit)."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad lines on stderr and go on (default: stop, exit 2)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
-        input: Optional[Path] = typer.Option(None, "--input", "-i", help="Read this file instead of stdin."),
+        input: Optional[str] = typer.Option(None, "--input", "-i", help="Read this instead of stdin JSONL: JSONL, .jsonl.gz, parquet, a save_to_disk folder or hf:NAME[:CONFIG][@SPLIT]."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write this file instead of stdout."),
         chunk_lines: int = typer.Option(256, "--chunk-lines", min=1, help="Lines scored together (memory bound)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stderr."),
@@ -123,8 +124,11 @@ def register(app: typer.Typer) -> None:
                             long_doc=long_doc, overlap=overlap, batch_size=batch_size, max_tokens=max_tokens,
                             backend=backend)
         source = str(input) if input is not None else "<stdin>"
-        # bytes in, decoded line by line: a line that is not UTF-8 is a bad line like any other (see parse_line)
-        fin = open(input, "rb") if input is not None else sys.stdin.buffer
+        from ragr.data.sources import open_source
+
+        # bytes in, decoded line by line: a line that is not UTF-8 is a bad line like any other (see parse_line);
+        # a table's rows come as dicts
+        fin = open_source(input).raw() if input is not None else enumerate(sys.stdin.buffer, start=1)
         fout = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
         n_lines = n_pairs = n_bad = 0
         try:
@@ -133,13 +137,13 @@ def register(app: typer.Typer) -> None:
             def flush() -> None:
                 nonlocal n_pairs
                 for obj in score_chunk(reranker, chunk, normalize, top_k):
-                    fout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                    fout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")  # default: a table's dates
                     n_pairs += 1 if "score" in obj else len(obj["documents"])
                 fout.flush()
                 chunk.clear()
 
-            for lineno, raw in enumerate(fin, start=1):
-                if not raw.strip():
+            for lineno, raw in fin:
+                if isinstance(raw, bytes) and not raw.strip():
                     continue
                 try:
                     chunk.append(parse_line(raw, lineno, source))

@@ -12,7 +12,8 @@ from typing import Any
 from ragr.errors import UserError, did_you_mean
 
 PSEUDO_TEACHERS = ("data", "vectors")
-#: config keys that name a file the command reads (null: not given); checked when the config is composed
+#: config keys that name a source the command reads (null: not given; a file, a `datasets` folder or an hf: name,
+#: see ragr.data.sources); checked when the config is composed
 INPUT_FILES = ("data.train", "data.eval")
 #: losses that compare the candidates of one group with each other: a group of one candidate gives them a loss
 #: of 0 whatever the scores, so nothing is learned (pointwise losses score each candidate on its own)
@@ -127,15 +128,19 @@ def check_groups(cfg: dict[str, Any], name: str, objective: str | None, target: 
 
 
 def check_input_files(cfg: dict[str, Any]) -> None:
-    """Every input file named in the config (:data:`INPUT_FILES`) must exist and be readable."""
-    from ragr.data.jsonl import require_file
+    """``data.columns`` must map fields ragr reads to column names, and every input named in the config
+    (:data:`INPUT_FILES`) must exist and be readable (a file, a `datasets` save_to_disk folder, an ``hf:`` name)."""
+    from ragr.data.sources import check_columns, require_source
 
+    data = cfg.get("data")
+    if isinstance(data, dict) and data.get("columns") is not None:
+        check_columns(data["columns"], "data.columns", extra_targets=[data.get("label_key") or "label"])
     for key in INPUT_FILES:
         section, name = key.split(".")
         node = cfg.get(section)
         value = node.get(name) if isinstance(node, dict) else None
         if value:  # null / empty: not given (the command says when it needs one)
-            require_file(value, key)
+            require_source(value, key)
 
 
 def validate_distill(cfg: dict[str, Any]) -> None:

@@ -19,11 +19,13 @@ from ragr.errors import UserError, did_you_mean
 
 @dataclass
 class DataConfig:
-    train: Optional[str] = None
+    train: Optional[str] = None   # JSONL, .jsonl.gz, parquet, a save_to_disk folder or hf:NAME[:CONFIG][@SPLIT]
     eval: Optional[str] = None
     format: Literal["auto", "pair", "triplet", "scored", "pointwise", "grouped"] = "auto"
     num_negatives: int = 3   # hard negatives per query (embedder / colbert), or per group (rerankers: group = 1 + n)
     label_key: str = "label"  # pointwise data: the field holding the label
+    # {field: column | [columns]}: the columns of data.train / data.eval that hold ragr's fields (ragr.data.sources)
+    columns: Optional[dict[str, Any]] = None
     # ragr eval only (see src/ragr/eval/retrieval.py and src/ragr/eval/mteb.py)
     beir: Optional[str] = None        # a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): retrieval eval
     split: Optional[str] = None       # its qrels split (default: test, else the only one)
@@ -311,6 +313,8 @@ def _describe(tp: Any) -> str:
         return f"a list of {_describe(args[0]) if args else 'values'}"
     if tp is type(None):
         return "null"
+    if origin is dict:
+        return "a mapping"
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")

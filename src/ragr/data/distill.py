@@ -17,28 +17,29 @@ def prompted(rec: dict[str, Any]) -> str:
     return (rec.get("prompt") or rec.get("prompt_for_query") or "") + rec["query"]
 
 
-def detect_distill_format(path: str) -> str:
+def detect_distill_format(path, columns=None) -> str:
     """``grouped`` / ``pointwise`` when the file has ``hits`` / ``content`` lines, else pair / triplet / scored."""
-    from ragr.data.formats import detect_format
-    from ragr.data.jsonl import iter_jsonl
+    from ragr.data.formats import detect_format, training_source
     from ragr.data.rerank import detect_rerank_format
 
-    for _, _, obj in iter_jsonl(path):
+    src = training_source(path, columns)
+    for _, obj in src.records():
         if "hits" in obj or "content" in obj:
-            return detect_rerank_format(path)
-    return detect_format(path)
+            return detect_rerank_format(src)
+    return detect_format(src)
 
 
-def load_distill_file(path: str, fmt: str, label_key: str, num_negatives: int):
-    """Validate every line; return ``(JsonlIndex, format)``."""
-    from ragr.data.formats import load_training_file
+def load_distill_file(path, fmt: str, label_key: str, num_negatives: int, columns=None):
+    """Validate every record (any :mod:`ragr.data.sources` source); return ``(index, format)``."""
+    from ragr.data.formats import load_training_file, training_source
     from ragr.data.rerank import load_rerank_training_file
 
+    src = training_source(path, columns)
     if fmt == "auto":
-        fmt = detect_distill_format(path)
+        fmt = detect_distill_format(src)
     if fmt in ("pointwise", "grouped"):
-        return load_rerank_training_file(path, fmt, label_key, num_negatives)
-    return load_training_file(path, fmt)
+        return load_rerank_training_file(src, fmt, label_key, num_negatives)
+    return load_training_file(src, fmt)
 
 
 def candidates(rec: dict[str, Any], fmt: str, label_key: str) -> tuple[list[str], list[float], list[float] | None]:

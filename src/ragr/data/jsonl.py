@@ -49,8 +49,24 @@ def valid_unicode(text: str) -> bool:
     return True
 
 
+def parse_line(raw: bytes, path: str, lineno: int) -> dict[str, Any]:
+    """One non-blank JSONL line as a dict; bad UTF-8, bad JSON or a non-object raise DataError naming the line."""
+    text = decode_line(raw, str(path), lineno)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(str(path), lineno, f"invalid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """Yield ``(line_number, byte_offset, object)`` for each non-blank line; bad JSON raises DataError."""
+    """Yield ``(line_number, byte_offset, object)`` for each non-blank line; bad JSON raises DataError.
+
+    The JSONL primitive: other sources (gzip, parquet, ``datasets`` folders, hub datasets) are opened by
+    :mod:`ragr.data.sources`, which uses this for plain JSONL.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -60,14 +76,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, int, dict[str, An
             start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
-            text = decode_line(raw, str(path), lineno)
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(str(path), lineno, f"invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, start, obj
+            yield lineno, start, parse_line(raw, str(path), lineno)
 
 
 def require_str(obj: dict, key: str, path: str, lineno: int, optional: bool = False) -> str | None:
@@ -115,23 +124,28 @@ def require_numbers(obj: dict, key: str, path: str, lineno: int, length: int, op
 
 
 class JsonlIndex:
-    """Byte offsets of a validated JSONL file; ``index[i]`` re-reads and parses record ``i``."""
+    """Byte offsets of a validated JSONL file; ``index[i]`` re-reads and parses record ``i``.
 
-    def __init__(self, path: str | os.PathLike, offsets: array, linenos: array) -> None:
+    ``columns`` (a :class:`ragr.data.sources.Columns`) renames each record's keys, as it did when validated.
+    """
+
+    def __init__(self, path: str | os.PathLike, offsets: array, linenos: array, columns=None) -> None:
         self.path, self.offsets, self.linenos = str(path), offsets, linenos
+        self.columns = columns or None
         self._fh = None
         self._pid = None
 
     @classmethod
-    def build(cls, path: str | os.PathLike, check: Callable[[dict, int], None]) -> JsonlIndex:
+    def build(cls, path: str | os.PathLike, check: Callable[[dict, int], None], columns=None) -> JsonlIndex:
         offsets, linenos = array("q"), array("q")
+        columns = columns or None
         for lineno, offset, obj in iter_jsonl(path):
-            check(obj, lineno)
+            check(columns.apply(obj) if columns is not None else obj, lineno)
             offsets.append(offset)
             linenos.append(lineno)
         if not offsets:
             raise UserError(f"{path}: no records")
-        return cls(path, offsets, linenos)
+        return cls(path, offsets, linenos, columns)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -140,7 +154,8 @@ class JsonlIndex:
         if self._fh is None or self._pid != os.getpid():  # reopen in dataloader workers
             self._fh, self._pid = open(self.path, "rb"), os.getpid()
         self._fh.seek(self.offsets[i])
-        return json.loads(self._fh.readline())
+        obj = json.loads(self._fh.readline())
+        return self.columns.apply(obj) if self.columns is not None else obj
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -108,16 +108,17 @@ def pick_negatives(
 # ---------------------------------------------------------------------------------------------
 
 
-def load_corpus(path: str | os.PathLike) -> list[str]:
-    """Distinct texts of a corpus JSONL: ``{"text"[, "title"]}`` per line (BEIR ``corpus.jsonl`` works),
-    deduplicated on normalized text, first occurrence kept."""
-    from ragr.data.jsonl import iter_jsonl
+def load_corpus(path: str | os.PathLike, columns=None) -> list[str]:
+    """Distinct texts of a corpus: ``{"text"[, "title"]}`` per record (BEIR ``corpus.jsonl`` works; any
+    :mod:`ragr.data.sources` source), deduplicated on normalized text, first occurrence kept."""
+    from ragr.data.sources import open_source
 
+    src = open_source(path, columns)
     texts, seen = [], set()
-    for lineno, _, obj in iter_jsonl(path):
+    for lineno, obj in src.records():
         text = obj.get("text")
         if not isinstance(text, str):
-            raise DataError(str(path), lineno, "missing or not a string (a corpus line is {\"text\": ...})", field="text")
+            raise DataError(src.label, lineno, "missing or not a string (a corpus record is {\"text\": ...})", field="text")
         title = obj.get("title")
         if isinstance(title, str) and title.strip():
             text = f"{title.strip()} {text}"
@@ -126,7 +127,7 @@ def load_corpus(path: str | os.PathLike) -> list[str]:
             seen.add(key)
             texts.append(text)
     if not texts:
-        raise DataError(str(path), 0, "no documents")
+        raise DataError(src.label, 0, "no documents")
     return texts
 
 
@@ -256,7 +257,7 @@ def mine_records(
 
 
 class _LazyRecords(Sequence):
-    """Records of a validated JSONL file, read by offset on access (a big input is never held whole)."""
+    """Records of a validated source, read from its index on access (a big input is never held whole)."""
 
     def __init__(self, index) -> None:
         self.index = index
@@ -270,11 +271,11 @@ class _LazyRecords(Sequence):
         return self.index[i]
 
 
-def read_pairs(path: str) -> Sequence[dict[str, Any]]:
+def read_pairs(path: str, columns=None) -> Sequence[dict[str, Any]]:
     """Validated pair / triplet / scored records of ``path`` (see :mod:`ragr.data.formats`), read lazily."""
     from ragr.data.formats import load_training_file
 
-    index, _ = load_training_file(path, "auto")
+    index, _ = load_training_file(path, "auto", columns=columns)
     return _LazyRecords(index)
 
 
@@ -292,15 +293,17 @@ def mine_file(
     seed: int = 42,
     sample: str = "random",
     console: Any = None,
+    columns: dict[str, Any] | None = None,
 ) -> MineStats:
-    """Mine ``input_path`` (pairs or triplets) into ``output_path`` (triplets), written atomically.
+    """Mine ``input_path`` (pairs or triplets) into ``output_path`` (triplets JSONL), written atomically.
 
-    The corpus is ``corpus_path`` (JSONL, ``{"text"}`` per line) or, when None, the distinct
-    positives and negatives of the input itself.
+    The input is any :mod:`ragr.data.sources` source (``columns`` maps its column names). The corpus is
+    ``corpus_path`` (``{"text"}`` per record) or, when None, the distinct positives and negatives of the
+    input itself.
     """
     import contextlib
 
-    records = read_pairs(input_path)
+    records = read_pairs(input_path, columns)
     corpus = load_corpus(corpus_path) if corpus_path else corpus_from_records(records)
     stats = MineStats(extra={"corpus_size": len(corpus)})
 
@@ -317,7 +320,7 @@ def mine_file(
             for row in mine_records(embedder, records, corpus, n=n, rank_range=rank_range, margin=margin,
                                     reranker=reranker, batch_size=batch_size, seed=seed, sample=sample,
                                     corpus_emb=corpus_emb, stats=stats, progress=advance):
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")  # default: a table's dates, ...
         if stats.written == 0:
             raise UserError(f"no query got a negative (corpus of {len(corpus)} texts, rank range {rank_range[0]}:"
                             f"{rank_range[1]}, margin {margin}); widen --rank-range, lower --margin or add documents")

@@ -1,4 +1,4 @@
-"""Reranker training data: pointwise, grouped and triplet JSONL, validated line by line.
+"""Reranker training data: pointwise, grouped and triplet records (any :mod:`ragr.data.sources` source), validated one by one.
 
 * pointwise ``{"query": str, "content": str, "label": number}`` (label key: ``data.label_key``);
 * grouped ``{"query": str, "hits": [{"content": str, "label": number}, ...]}``;
@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ragr.data.dataset import EpochDataset
-from ragr.data.formats import _norm, make_checker
-from ragr.data.jsonl import JsonlIndex, iter_jsonl, require_str
+from ragr.data.formats import _norm, make_checker, training_source
+from ragr.data.jsonl import require_str
+from ragr.data.sources import Row, Source
 from ragr.errors import DataError
 
 RERANK_FORMATS = ("pointwise", "grouped", "triplet")
@@ -36,10 +37,12 @@ def _kind(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def detect_rerank_format(path: str) -> str:
+def detect_rerank_format(path: Source | str, columns=None) -> str:
     """The kind shared by every line of ``path`` (one streaming pass)."""
+    src = training_source(path, columns)
+    path = src.label
     first: tuple[str, int] | None = None
-    for lineno, _, obj in iter_jsonl(path):
+    for lineno, obj in src.records():
         kind = _kind(obj)
         if kind is None:
             raise DataError(path, lineno, "cannot tell the data kind: a reranker line needs 'hits' (grouped), "
@@ -47,7 +50,9 @@ def detect_rerank_format(path: str) -> str:
         if first is None:
             first = (kind, lineno)
         elif kind != first[0]:
-            raise DataError(path, lineno, f"this line is {kind} data but line {first[1]} is {first[0]}; "
+            this = "row" if isinstance(lineno, Row) else "line"
+            where = f"{first[1]}" if isinstance(first[1], Row) else f"line {first[1]}"
+            raise DataError(path, lineno, f"this {this} is {kind} data but {where} is {first[0]}; "
                                           "use one kind per file (or set data.format)")
     if first is None:
         raise DataError(path, 0, "no records")
@@ -93,14 +98,15 @@ def make_rerank_checker(path: str, fmt: str, label_key: str = "label", num_negat
     return check
 
 
-def load_rerank_training_file(path: str, fmt: str = "auto", label_key: str = "label",
-                              num_negatives: int = 3) -> tuple[JsonlIndex, str]:
-    """Validate every line of ``path`` as reranker data; return its offset index and its kind."""
+def load_rerank_training_file(path: Source | str, fmt: str = "auto", label_key: str = "label",
+                              num_negatives: int = 3, columns=None):
+    """Validate every record of ``path`` as reranker data; return its random-access index and its kind."""
+    src = training_source(path, columns)
     if fmt == "auto":
-        fmt = detect_rerank_format(path)
+        fmt = detect_rerank_format(src)
     if fmt not in RERANK_FORMATS:
-        raise DataError(path, 0, f"data.format '{fmt}' is not reranker data (choices: {', '.join(RERANK_FORMATS)})")
-    return JsonlIndex.build(path, make_rerank_checker(path, fmt, label_key, num_negatives)), fmt
+        raise DataError(src.label, 0, f"data.format '{fmt}' is not reranker data (choices: {', '.join(RERANK_FORMATS)})")
+    return src.build_index(make_rerank_checker(src.label, fmt, label_key, num_negatives)), fmt
 
 
 def _pick(rng: random.Random, pool: list, k: int) -> list:

@@ -55,18 +55,19 @@ def _auto_dtype(dtype: str):
 
 
 def embed_file(models: Sequence[str], input_path: str, output_path: str, batch_size: int = 64, dtype: str = "auto",
-               max_length: int | None = None, console=None) -> dict[str, Any]:
+               max_length: int | None = None, console=None, columns: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the normalized, concatenated vectors of every line of ``input_path`` to ``output_path`` (.npy).
+
+    ``input_path`` is any :mod:`ragr.data.sources` source; ``columns`` maps its column names (``text=sentence``).
 
     Returns the provenance written beside it (``<output>.json``): models, their widths, rows, input hash.
     """
     import torch
     import torch.nn.functional as F
 
-    from ragr.data.jsonl import JsonlIndex
+    from ragr.data.sources import fingerprint, index_records
     from ragr.models.embedder import Embedder
     from ragr.models.hub import resolve_model_path
-    from ragr.fileio import sha256_file
 
     if not models:
         raise UserError("give at least one --model")
@@ -74,7 +75,7 @@ def embed_file(models: Sequence[str], input_path: str, output_path: str, batch_s
     if out.suffix != ".npy":
         raise UserError(f"--output {output_path}: the vectors file must end in .npy")
     out.parent.mkdir(parents=True, exist_ok=True)
-    index = JsonlIndex.build(input_path, text_checker(str(input_path)))
+    index = index_records(input_path, text_checker(str(input_path)), columns=columns)
     paths = [resolve_model_path(m, key="--model") for m in models]  # every model resolves before any work
     n = len(index)
     from ragr.device import default_device
@@ -120,7 +121,7 @@ def embed_file(models: Sequence[str], input_path: str, output_path: str, batch_s
                 p.unlink()
     meta = {"models": list(models), "paths": [str(p) for p in paths], "dims": dims, "rows": n, "dim": sum(dims),
             "normalized": "each model L2-normalized, then concatenated", "input": str(input_path),
-            "input_sha256": sha256_file(str(input_path)), "dtype": str(torch_dtype).removeprefix("torch."),
+            "input_sha256": fingerprint(input_path)["sha256"], "dtype": str(torch_dtype).removeprefix("torch."),
             "seconds": round(time.perf_counter() - t0, 3)}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -106,7 +106,7 @@ class TrainingJob:
         from ragr.data.formats import load_rerank_file
 
         path = self.cfg["data"].get("eval")
-        return load_rerank_file(path) if path else None
+        return load_rerank_file(path, columns=self.cfg["data"].get("columns")) if path else None
 
     def eval_rows(self):
         rows = self.eval_file_rows()

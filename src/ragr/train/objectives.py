@@ -73,7 +73,7 @@ class Contrastive(Objective):
         from ragr.data.formats import load_training_file
 
         data = self.cfg["data"]
-        index, fmt = load_training_file(self._require_train(), data.get("format", "auto"))
+        index, fmt = load_training_file(self._require_train(), data.get("format", "auto"), columns=data.get("columns"))
         self.format = fmt
         if fmt != "triplet" and self.cfg["loss"].get("in_batch_negatives", True) is False:
             raise UserError(f"{data['train']} holds {fmt} data (no hard negatives) and loss.in_batch_negatives=false: "
@@ -149,7 +149,7 @@ class GroupedScores(Objective):
         if fmt not in RERANK_FORMATS:
             raise UserError(f"data.format={fmt} is not reranker data; use pointwise, grouped, triplet or auto")
         label_key = data.get("label_key", "label")
-        index, self.format = load_rerank_training_file(path, fmt, label_key, data["num_negatives"])
+        index, self.format = load_rerank_training_file(path, fmt, label_key, data["num_negatives"], columns=data.get("columns"))
         return RerankDataset(index, self.format, data["num_negatives"], seed=self.cfg["seed"], label_key=label_key)
 
     def group_size(self) -> int:
@@ -163,7 +163,8 @@ class GroupedScores(Objective):
         data = self.cfg["data"]
         path = self._require_train()
         label_key = data.get("label_key", "label")
-        index, self.format = load_distill_file(path, data.get("format", "auto"), label_key, data["num_negatives"])
+        index, self.format = load_distill_file(path, data.get("format", "auto"), label_key, data["num_negatives"],
+                                               columns=data.get("columns"))
         counts = np.zeros(len(index) + 1, dtype=np.int64)
         for i in range(len(index)):
             counts[i + 1] = len(candidates(index[i], self.format, label_key)[0])
@@ -186,7 +187,7 @@ class GroupedScores(Objective):
 
         from ragr.data.distill import candidates
         from ragr.models.hub import resolve_model_path
-        from ragr.train.rundir import sha256_file
+        from ragr.data.sources import fingerprint
         from ragr.train.teacher import TeacherSession
 
         data, node = self.cfg["data"], self.cfg["teacher"]
@@ -195,7 +196,7 @@ class GroupedScores(Objective):
         session = TeacherSession(node, path, self.cfg["distill"], cache_dir, self.job.console)
         self.teacher_family = session.family
         try:
-            source = {"view": "train", "file": str(data["train"]), "sha256": sha256_file(data["train"]),
+            source = {"view": "train", "file": str(data["train"]), "sha256": fingerprint(data["train"])["sha256"],
                       "format": self.format, "label_key": label_key if self.format in ("pointwise", "grouped") else None}
 
             def train_groups():
@@ -209,7 +210,7 @@ class GroupedScores(Objective):
             if rows and self.cfg["distill"]["agreement_queries"] > 0:
                 rows = rows[: self.cfg["distill"]["agreement_queries"]]
                 eval_offsets = np.concatenate([[0], np.cumsum([len(r["positive"]) + len(r["negative"]) for r in rows])])
-                eval_source = {"view": f"eval[:{len(rows)}]", "file": str(data["eval"]), "sha256": sha256_file(data["eval"])}
+                eval_source = {"view": f"eval[:{len(rows)}]", "file": str(data["eval"]), "sha256": fingerprint(data["eval"])["sha256"]}
                 groups = lambda: ((r["query"], r["positive"] + r["negative"]) for r in rows)  # noqa: E731
                 eval_scores, provenance["eval"] = session.scores(eval_source, groups, eval_offsets)
                 self.agreement_set = ([(r.get("prompt") or "") + r["query"] for r in rows],
@@ -337,12 +338,12 @@ class VectorTargets(Objective):
         self.texts_index = None
 
     def build_dataset(self):
-        from ragr.data.jsonl import JsonlIndex
+        from ragr.data.sources import index_records
         from ragr.data.vectors import VectorDataset, open_vectors, sidecar
         from ragr.infer.vectors import text_checker
 
         path = self._require_train('TEXTS.jsonl, one {"text": ...} per line')
-        self.texts_index = JsonlIndex.build(path, text_checker(path))
+        self.texts_index = index_records(path, text_checker(path), columns=self.cfg["data"].get("columns"))
         node = self.cfg["teacher"]
         self.vectors = open_vectors(node["name_or_path"], len(self.texts_index), path)
         self.job.record("teacher", {"source": "vectors", "file": str(node["name_or_path"]),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -14,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ragr.data.sources import fingerprint, source_exists
 from ragr.errors import UserError
 from ragr.fileio import atomic_write_text, replace_dir, sha256_file  # noqa: F401 - re-exported
 
@@ -88,7 +88,7 @@ def resume_differences(run_dir: Path, cfg: dict[str, Any], data_files: list[str]
         recorded = json.loads(manifest.read_text()).get("data") or {}
         for key in ("train",):  # data.eval decides what is measured, not what is trained
             path = (cfg.get("data") or {}).get(key)
-            if path and path in recorded and Path(path).is_file() and sha256_file(path) != recorded[path]["sha256"]:
+            if path and path in recorded and source_exists(path) and fingerprint(path)["sha256"] != recorded[path]["sha256"]:
                 diffs.append(f"data.{key}: the contents of {path} changed")
     return diffs
 
@@ -148,7 +148,7 @@ def write_manifest(run_dir: Path, cfg: dict[str, Any], data_files: list[str], ex
             "transformers": transformers.__version__, "accelerate": accelerate.__version__,
         },
         "git_rev": _git_rev(),
-        "data": {p: {"sha256": sha256_file(p), "bytes": os.path.getsize(p)} for p in data_files if p},
+        "data": {p: fingerprint(p) for p in data_files if p},  # a file's sha256, or a folder's / hub dataset's
         **(extra or {}),
     }
     path = run_dir / "manifest.json"
