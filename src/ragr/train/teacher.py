@@ -120,24 +120,36 @@ def cache_key(node: dict[str, Any], family: str, path: str, dtype_setting: str, 
 
 def score_groups(scorer, groups: Iterable[tuple[str, list[str]]], n_pairs: int, batch_size: int,
                  progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Score every (query, candidate) of ``groups`` with ``scorer`` through the Reranker API (streaming)."""
+    """Score every (query, candidate) of ``groups`` with ``scorer``, streaming ``SCORE_CHUNK`` pairs at a time.
+
+    A scorer that encodes texts on their own (embedders, ColBERT: ``score_groups``) encodes each distinct
+    text of a chunk once, so a query is not re-encoded with each of its candidates; pair scorers go through
+    the Reranker API (length-sorted token-budget batches). Both truncate, as the Reranker's default does.
+    """
     from ragr.infer.reranker import Reranker
 
-    rr = Reranker.from_scorer(scorer, batch_size=batch_size)
+    by_text = getattr(scorer, "score_groups", None)
+    rr = None if by_text is not None else Reranker.from_scorer(scorer, batch_size=batch_size)
     raw = np.empty(n_pairs, dtype=np.float32)
-    at, pending = 0, []
+    at, pending, n_pending = 0, [], 0
 
     def flush():
-        nonlocal at, pending
+        nonlocal at, pending, n_pending
         if pending:
-            got = rr.score(pending, progress=progress)
+            if rr is None:
+                got = [s for row in by_text([q for q, _ in pending], [c for _, c in pending], batch_size) for s in row]
+                if progress is not None:
+                    progress(len(got))
+            else:
+                got = rr.score([(q, t) for q, texts in pending for t in texts], progress=progress)
             raw[at : at + len(got)] = got
             at += len(got)
-            pending = []
+            pending, n_pending = [], 0
 
     for query, texts in groups:
-        pending.extend((query, t) for t in texts)
-        if len(pending) >= SCORE_CHUNK:
+        pending.append((query, list(texts)))
+        n_pending += len(texts)
+        if n_pending >= SCORE_CHUNK:
             flush()
     flush()
     if at != n_pairs:
