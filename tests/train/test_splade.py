@@ -227,3 +227,52 @@ def test_published_folders_load_with_their_vectors(tiny_mlm, tmp_path, layout):
         ours = Splade.from_pretrained(tiny_mlm, mask_special_terms=False)
     want = st.encode_document(TEXTS, convert_to_tensor=True).to_dense().cpu()
     torch.testing.assert_close(ours.encode(TEXTS), want, rtol=1e-5, atol=1e-5)
+
+
+# ---- distillation: margin-MSE / KL to teacher scores + FLOPS --------------------------------------------
+def test_distill_losses_match_numpy():
+    from ragr.losses.splade import SpladeDistillLoss
+
+    s = np.array([[3.0, 1.0, 2.0, 0.0], [0.5, 2.5, 1.0, 9.0]], dtype=np.float32)
+    t = np.array([[9.0, 1.0, 2.0, -1.0], [4.0, 1.0, 3.0, 0.0]], dtype=np.float32)
+    labels = np.array([[1, 0, 0, 0], [1, 0, 0, 0]], dtype=np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=bool)  # query 2 has 3 candidates
+    q = np.abs(np.random.default_rng(3).normal(size=(2, 5))).astype(np.float32)
+    d = np.abs(np.random.default_rng(4).normal(size=(7, 5))).astype(np.float32)
+    reg = 0.1 * np.sum(q.mean(0) ** 2) + 0.2 * np.sum(d.mean(0) ** 2)
+    margins = [((s[b, 0] - s[b, j]) - (t[b, 0] - t[b, j])) ** 2 for b in range(2) for j in range(1, 4) if mask[b, j]]
+    args = [torch.tensor(x) for x in (s, t, labels, mask)]
+    out = SpladeDistillLoss("margin-mse", lambda_q=0.1, lambda_d=0.2, warmup_steps=0)(
+        *args, queries=torch.tensor(q), docs=torch.tensor(d))
+    assert out["ranking"].item() == pytest.approx(float(np.mean(margins)), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(float(np.mean(margins) + reg), rel=1e-5)
+
+    def log_softmax(x):
+        x = x - x.max()
+        return x - np.log(np.exp(x).sum())
+
+    kl = []
+    for b in range(2):
+        m = mask[b]
+        lp, lq = log_softmax(t[b, m] / 2.0), log_softmax(s[b, m] / 0.5)
+        kl.append(np.sum(np.exp(lp) * (lp - lq)))
+    out = SpladeDistillLoss("kl", temperature=0.5, teacher_temperature=2.0, lambda_q=0.1, lambda_d=0.2, warmup_steps=0)(
+        *args, queries=torch.tensor(q), docs=torch.tensor(d))
+    assert out["ranking"].item() == pytest.approx(float(np.mean(kl)), rel=1e-5)
+
+
+def test_ragr_distill_trains_a_splade_student_on_teacher_scores(tiny_mlm, data_dir, tmp_path):
+    triplets = [json.loads(x) for x in (data_dir / "train.jsonl").read_text().splitlines()][:12]
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text("".join(json.dumps({**t, "pos_scores": [9.0], "neg_scores": [1.0, 2.0, -1.0]}) + "\n" for t in triplets))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["distill", "--quiet", "student=splade", f"student.name_or_path={tiny_mlm}", "teacher=data",
+                                   "loss=splade-distill", f"data.train={scored}", f"data.eval={data_dir / 'dev.jsonl'}",
+                                   "data.num_negatives=3", "trainer.max_steps=4", "trainer.batch_size=12", "trainer.lr=3e-3",
+                                   "trainer.scheduler=constant", "trainer.warmup_ratio=0", "trainer.log_every=1",
+                                   "loss.warmup_steps=0", f"output_dir={run}"])
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(steps) == 4 and steps[-1]["ranking"] < steps[0]["ranking"]
+    assert all(r["active_dims_doc"] > 0 and r["regularizer"] > 0 for r in steps)
+    assert json.loads((run / "model" / "ragr.json").read_text())["family"] == "splade"

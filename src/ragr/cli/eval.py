@@ -162,25 +162,50 @@ def _tasks(cfg: dict, console, overrides: list[str]) -> dict[str, Any]:
             "metrics": average}
 
 
+def _is_sparse(family: str) -> bool:
+    from ragr.families import get_family
+    from ragr.registry import families
+
+    return family in families and "sparse" in get_family(family).produces
+
+
+def _load_sparse(model_cfg: dict, family: str):
+    """The sparse model (``encode_sparse``) of the configured family, or of the family the folder holds."""
+    from ragr.device import default_device
+    from ragr.families import get_family
+
+    fam = get_family(family)
+    if family == model_cfg["family"]:
+        return fam.build(model_cfg).to(default_device()).eval()
+    return fam.scorer_class().load(str(model_cfg["name_or_path"]), device=str(default_device())).model
+
+
 def _retrieval(cfg: dict, console, out: Path) -> dict[str, Any]:
     from ragr.errors import UserError
     from ragr.eval.retrieval import evaluate_retrieval, load_beir, write_trec_run
 
     ev = cfg["eval"]
     family = eval_family(cfg["model"])
-    if family != "embedder":
-        raise UserError(f"retrieval evaluation searches with an embedder, and {cfg['model']['name_or_path']} is a "
-                        f"{family} model; pass an embedder as model.name_or_path and this one as eval.reranker")
+    sparse = _is_sparse(family)
+    if family != "embedder" and not sparse:
+        raise UserError(f"retrieval evaluation searches with an embedder or a sparse model, and {cfg['model']['name_or_path']} "
+                        f"is a {family} model; pass one of those as model.name_or_path and this one as eval.reranker")
     data = load_beir(cfg["data"]["beir"], cfg["data"].get("split"))
-    embedder = _load_embedder(cfg["model"])
+    model = _load_sparse(cfg["model"], family) if sparse else _load_embedder(cfg["model"])
     reranker = None
     if ev.get("reranker"):
         from ragr.infer.reranker import Reranker
 
         reranker = Reranker(ev["reranker"], family=ev.get("reranker_family"), batch_size=ev["batch_size"])
     ks = sorted(set(ev["ks"]) | {ev["top_k"]})
-    res = evaluate_retrieval(embedder, data, top_k=ev["top_k"], ks=ks, batch_size=ev["batch_size"], reranker=reranker,
-                             rerank_top_k=min(ev["rerank_top_k"], ev["top_k"]), search=ev["search"], console=console)
+    if sparse:  # term weights searched through an inverted index (scipy CSR), exact
+        from ragr.eval.retrieval import evaluate_sparse_retrieval
+
+        res = evaluate_sparse_retrieval(model, data, top_k=ev["top_k"], ks=ks, batch_size=ev["batch_size"], reranker=reranker,
+                                        rerank_top_k=min(ev["rerank_top_k"], ev["top_k"]), console=console)
+    else:
+        res = evaluate_retrieval(model, data, top_k=ev["top_k"], ks=ks, batch_size=ev["batch_size"], reranker=reranker,
+                                 rerank_top_k=min(ev["rerank_top_k"], ev["top_k"]), search=ev["search"], console=console)
     runs = {}
     if ev.get("save_run", True):
         out.mkdir(parents=True, exist_ok=True)

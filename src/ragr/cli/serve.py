@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
             bound = sock.getsockname()[1]
             shown = f"[{host}]" if ":" in host else host
             for m in models:
-                extra = " + /v1/embeddings" if m.can_embed else ""
+                extra = " + /v1/embeddings" if m.can_embed else " + /embed_sparse" if m.can_embed_sparse else ""
                 print(f"serving '{m.name}' ({m.family}{extra}) from {m.source}", file=sys.stderr)
             if host not in LOOPBACK and api_key is None:
                 print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it", file=sys.stderr)

@@ -25,7 +25,8 @@ import numpy as np
 from ragr.errors import DataError, UserError
 from ragr.eval.metrics import aggregate
 
-__all__ = ["BeirData", "evaluate_retrieval", "exact_search", "load_beir", "run_metrics", "write_trec_run"]
+__all__ = ["BeirData", "evaluate_retrieval", "evaluate_sparse_retrieval", "exact_search", "inverted_index", "load_beir",
+           "run_metrics", "sparse_search", "write_trec_run"]
 
 SEARCH_BACKENDS = ("auto", "torch", "faiss")
 
@@ -429,3 +430,100 @@ def evaluate_retrieval(embedder: Any, data: BeirData, *, top_k: int = 100, ks: S
         runs["rerank"] = rerank
         stages["rerank"] = run_metrics(rerank, data.qrels, ks)
     return {"stages": stages, "runs": runs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse (SPLADE) retrieval: an inverted index as a scipy CSR matrix
+# ---------------------------------------------------------------------------------------------
+
+
+def inverted_index(docs: Any):
+    """The postings of a ``[N, V]`` sparse document matrix: ``[V, N]`` CSR, row ``t`` = the documents holding term ``t``
+    and their weights (scipy's ``tocsr`` of the transpose sorts them by document)."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(docs, dtype=np.float32).T.tocsr()
+
+
+def sparse_search(queries: Any, docs: Any, top_k: int, *, query_batch: int = 1024,
+                  progress: Callable[[int], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k by sparse dot product through an inverted index (the CSR product walks the postings of each
+    query term, as a search engine does).
+
+    Args:
+        queries: ``[Q, V]`` scipy sparse (or dense) term weights; docs: ``[N, V]``.
+        top_k: hits per query.
+        query_batch: queries per CSR product (memory: their accumulators over the matched documents).
+
+    Returns:
+        Per query, ``(scores fp32, document indices int64)``, best first, ties by document index; only documents
+        sharing at least one term with the query are hits (a query may get fewer than ``top_k``).
+    """
+    import scipy.sparse as sp
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    q = sp.csr_matrix(queries, dtype=np.float32)
+    postings = inverted_index(docs)
+    if q.shape[1] != postings.shape[0]:
+        raise ValueError(f"queries have {q.shape[1]} terms and documents {postings.shape[0]}")
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, q.shape[0], query_batch):
+        block = (q[start : start + query_batch] @ postings).tocsr()  # [b, N]: a stored entry per matched document
+        block.sort_indices()
+        for r in range(block.shape[0]):
+            lo, hi = block.indptr[r], block.indptr[r + 1]
+            idx, scores = block.indices[lo:hi].astype(np.int64), block.data[lo:hi].astype(np.float32)
+            order = np.lexsort((idx, -scores.astype(np.float64)))[:top_k]
+            out.append((scores[order], idx[order]))
+        if progress is not None:
+            progress(block.shape[0])
+    return out
+
+
+def evaluate_sparse_retrieval(model: Any, data: BeirData, *, top_k: int = 100, ks: Sequence[int] = (1, 3, 5, 10, 100),
+                              batch_size: int = 32, reranker: Any = None, rerank_top_k: int = 100,
+                              console: Any = None) -> dict[str, Any]:
+    """:func:`evaluate_retrieval` for a sparse model: encode the corpus into term weights, search through an inverted
+    index (:func:`sparse_search`), optionally rerank, and score each stage.
+
+    Args:
+        model: anything with ``encode_sparse(texts, is_query, batch_size, progress) -> scipy [N, V]``
+            (a :class:`ragr.families.splade.Splade`).
+
+    Returns:
+        ``{"stages", "runs", "active_dims": {"query", "doc"}}`` (mean nonzero terms per query / document, also in
+        the retrieval stage's metrics as ``active_dims_query`` / ``active_dims_doc``).
+    """
+    if rerank_top_k > top_k:
+        raise UserError(f"eval.rerank_top_k ({rerank_top_k}) cannot exceed eval.top_k ({top_k})")
+    qids = data.query_ids
+    q_texts = [data.queries[q] for q in qids]
+    with _progress(console, "encode corpus", len(data.doc_texts)) as advance:
+        d = model.encode_sparse(data.doc_texts, is_query=False, batch_size=batch_size, progress=advance)
+    with _progress(console, "encode queries", len(q_texts)) as advance:
+        q = model.encode_sparse(q_texts, is_query=True, batch_size=batch_size, progress=advance)
+    with _progress(console, "search (inverted index)", len(qids)) as advance:
+        hits = sparse_search(q, d, top_k, progress=advance)
+    runs: dict[str, dict[str, dict[str, float]]] = {"retrieval": {}}
+    for qid, (scores, idx) in zip(qids, hits):
+        runs["retrieval"][qid] = {data.doc_ids[j]: float(s) for s, j in zip(scores, idx)}
+    stages = {"retrieval": run_metrics(runs["retrieval"], data.qrels, ks)}
+    if reranker is not None:
+        pairs = [(q_texts[r], data.doc_texts[j]) for r, (_, idx) in enumerate(hits) for j in idx[:rerank_top_k]]
+        with _progress(console, "rerank", len(pairs)) as advance:
+            flat = reranker.score(pairs, progress=advance)
+        rerank: dict[str, dict[str, float]] = {}
+        at = 0
+        for qid, (_, idx) in zip(qids, hits):
+            depth = min(rerank_top_k, len(idx))
+            rerank[qid] = {data.doc_ids[j]: float(flat[at + c]) for c, j in enumerate(idx[:depth])}
+            at += depth
+        runs["rerank"] = rerank
+        stages["rerank"] = run_metrics(rerank, data.qrels, ks)
+    q.eliminate_zeros()
+    d.eliminate_zeros()
+    active = {"query": float(q.getnnz(axis=1).mean()) if q.shape[0] else 0.0,
+              "doc": float(d.getnnz(axis=1).mean()) if d.shape[0] else 0.0}
+    stages["retrieval"].update(active_dims_query=active["query"], active_dims_doc=active["doc"])
+    return {"stages": stages, "runs": runs, "active_dims": active}

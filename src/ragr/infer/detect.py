@@ -1,6 +1,7 @@
 """Which reranker family a model folder holds, read from its own files (never from its name).
 
 In order: ``colbert_linear.pt`` -> colbert; ``ragr.json`` naming a family -> that family; a
+sentence-transformers SparseEncoder (``model_type`` or a SpladePooling module) -> splade; a
 sentence-transformers ``modules.json`` with a Pooling module -> embedder; a peft adapter ->
 by its task type (SEQ_CLS -> llm_seqcls, CAUSAL_LM -> llm_yes); ``config.json`` architectures
 ``*ForSequenceClassification`` -> cross_encoder for encoder model types, llm_seqcls otherwise;
@@ -55,6 +56,10 @@ def detect_family(path: str | Path) -> str:
     if isinstance(meta, dict) and isinstance(meta.get("family"), str):
         return meta["family"]
     modules = _read_json(path / "modules.json")
+    st_conf = _read_json(path / "config_sentence_transformers.json")
+    if (isinstance(st_conf, dict) and st_conf.get("model_type") == "SparseEncoder") or (isinstance(modules, list) and any(
+            str(m.get("type", "")).endswith("SpladePooling") for m in modules if isinstance(m, dict))):
+        return "splade"
     if isinstance(modules, list) and any(str(m.get("type", "")).endswith("Pooling") for m in modules if isinstance(m, dict)):
         return "embedder"
     adapter = _read_json(path / "adapter_config.json")

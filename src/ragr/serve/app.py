@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from ragr import __version__
 from ragr.errors import did_you_mean
-from ragr.serve.batching import DOCUMENT, QUERY, RERANK, BatchQueue
+from ragr.serve.batching import DOCUMENT, QUERY, RERANK, SPARSE_DOCUMENT, SPARSE_QUERY, BatchQueue
 from ragr.serve.limits import (
     ApiError,
     BodyLimitMiddleware,
@@ -38,10 +38,12 @@ from ragr.serve.schemas import (
     CohereRerankResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    EmbedSparseRequest,
     ErrorResponse,
     JinaRerankResponse,
     ModelList,
     RerankRequest,
+    SparseValue,
     TeiResult,
 )
 
@@ -51,12 +53,13 @@ DESCRIPTION = """Rerank and embed with ragr models behind the APIs RAG clients a
 * TEI rerank: `POST /rerank` with `texts` (list of `{index, score}`; `raw_scores: true` for raw scores);
   Jina rerank: `POST /rerank` with `documents`.
 * OpenAI embeddings: `POST /v1/embeddings` (`dimensions` truncates Matryoshka embeddings and renormalizes).
+* TEI sparse embeddings: `POST /embed_sparse` with `inputs` (SPLADE models): `[[{index, value}]]` per input.
 
 With `--api-key`, send `Authorization: Bearer <key>`. A model whose queue is full (`--max-queue`)
 answers 503 with `Retry-After` (seconds).
 """
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 500, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 424, 500, 503)}
 
 
 # ---- token costs (run in a thread: tokenizing is CPU work) ---------------------------------------------
@@ -261,6 +264,32 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return await run_in_threadpool(JSONResponse, payload)  # rendering many floats is CPU work: off the loop
+
+    # ---- TEI sparse embeddings -------------------------------------------------------------------------
+    @app.post("/embed_sparse", response_model=list[list[SparseValue]], tags=["embeddings"], dependencies=auth,
+              responses=ERRORS, summary="Sparse embeddings (TEI)")
+    async def embed_sparse(body: EmbedSparseRequest, request: Request):
+        """TEI's sparse embeddings: `inputs` a string or a list; per input, its nonzero terms `[{index, value}]`
+        (vocabulary ids, heaviest first). `prompt_name: "query"` weights the texts as queries."""
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        if not texts:
+            raise ApiError(400, "inputs: must not be empty", param="inputs")
+        check_texts(texts, "inputs", settings)
+        sparse = [m for m in models if m.can_embed_sparse]
+        if body.model is None and not sparse:
+            served = ", ".join(f"{m.name} ({m.family})" for m in models)
+            raise ApiError(424, f"no served model gives sparse embeddings (served: {served}); serve a SPLADE model",
+                           param="model")
+        model = pick(body.model, embed=False) if body.model is not None else sparse[0]
+        if not model.can_embed_sparse:
+            raise ApiError(424, f"model '{model.name}' is a {model.family} model, not a sparse (SPLADE) one", param="model")
+        is_query = body.prompt_name == "query"
+        queues[model.name].check_capacity()
+        lengths = await run_in_threadpool(model.count_tokens, texts)
+        limit = model.max_length
+        terms = await run_or_drop(request, queues[model.name], SPARSE_QUERY if is_query else SPARSE_DOCUMENT, texts,
+                                  [min(n + 2, limit) for n in lengths])
+        return JSONResponse([[{"index": i, "value": v} for i, v in t.items()] for t in terms])
 
     # ---- info ----------------------------------------------------------------------------------------
     @app.get("/v1/models", response_model=ModelList, tags=["info"], dependencies=auth, summary="Served models")

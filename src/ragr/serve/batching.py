@@ -27,8 +27,9 @@ import time
 from collections import deque
 from typing import Any
 
-#: Job kinds: score (query, document) pairs, or embed texts as queries / as documents.
+#: Job kinds: score (query, document) pairs, or embed texts as queries / as documents (dense, or sparse terms).
 RERANK, QUERY, DOCUMENT = "rerank", "query", "document"
+SPARSE_QUERY, SPARSE_DOCUMENT = "sparse_query", "sparse_document"
 
 
 class ShuttingDown(RuntimeError):
@@ -227,6 +228,8 @@ class BatchQueue:
     def _compute(self, kind: str, items: list[Any]) -> list[Any]:
         if kind == RERANK:
             return self.model.reranker.score(items)
+        if kind in (SPARSE_QUERY, SPARSE_DOCUMENT):  # a SPLADE model's {id: weight} per text
+            return self.model.reranker.scorer.sparse_terms(items, is_query=kind == SPARSE_QUERY, by="id")
         vectors = self.model.embedder.encode(items, is_query=kind == QUERY, batch_size=len(items))
         return list(vectors.numpy())
 

@@ -65,9 +65,14 @@ class ServedModel:
         return self.embedder is not None
 
     @property
+    def can_embed_sparse(self) -> bool:
+        """A sparse (SPLADE) model: its scorer gives term weights (``/embed_sparse``)."""
+        return callable(getattr(self.reranker.scorer, "sparse_terms", None))
+
+    @property
     def endpoints(self) -> list[str]:
         out = ["/v2/rerank", "/v1/rerank", "/rerank"]
-        return out + ["/v1/embeddings"] if self.can_embed else out
+        return out + ["/v1/embeddings"] * self.can_embed + ["/embed_sparse"] * self.can_embed_sparse
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:

@@ -7,6 +7,8 @@
   ``[{"index", "score", "text"}]`` best first; Jina rerank (``POST /rerank`` with ``documents``).
 - OpenAI embeddings (``POST /v1/embeddings``): ``model``, ``input``, ``dimensions``, ``encoding_format``
   -> ``object``, ``data[].embedding``, ``data[].index``, ``model``, ``usage``.
+- TEI sparse embeddings (``POST /embed_sparse``): ``inputs`` (a string or a list), ``prompt_name`` ->
+  ``[[{"index", "value"}, ...], ...]``, one list per input (a SPLADE model's nonzero terms).
 
 Fields that the public APIs define but that do not apply to a local model (Cohere's
 ``max_tokens_per_doc``, ``priority``, TEI's ``truncate`` ...) are accepted and ignored; unknown fields
@@ -143,6 +145,21 @@ class EmbeddingResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: Usage
+
+
+# ---- TEI sparse embeddings ------------------------------------------------------------------------------
+class EmbedSparseRequest(_Body):
+    inputs: Union[str, list[str]] = Field(..., description="A text or a list of texts.")
+    model: Optional[str] = Field(None, description="ragr extension: name of a served SPLADE model; default: the first one.")
+    prompt_name: Optional[str] = Field(None, description="'query' weights the texts as queries; anything else (or none): "
+                                       "documents.")
+    truncate: Optional[bool] = Field(None, description="Accepted for compatibility; texts are cut at the model's length.")
+    truncation_direction: Optional[str] = Field(None, description="Accepted for compatibility (right).")
+
+
+class SparseValue(BaseModel):
+    index: int = Field(..., description="Vocabulary id of the term.")
+    value: float = Field(..., description="Its weight (> 0 for an MLM side).")
 
 
 # ---- misc ---------------------------------------------------------------------------------------------

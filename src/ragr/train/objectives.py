@@ -409,3 +409,8 @@ def objective_for(loss_cls: type) -> type[Objective]:
     if name not in OBJECTIVES:
         raise UserError(f"loss {loss_cls.__name__} names no training objective (objective = one of {', '.join(OBJECTIVES)})")
     return OBJECTIVES[name]
+
+
+from ragr.train.sparse_objective import SparseGroupedScores  # noqa: E402 - sparse distillation (issue 15)
+
+OBJECTIVES["grouped_sparse"] = SparseGroupedScores
