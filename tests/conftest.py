@@ -108,7 +108,7 @@ def tiny_llama(tmp_path_factory) -> str:
 def tiny_models(tiny_bert, tiny_llama) -> dict[str, str]:
     """A tiny model directory per family (backbones: the from_pretrained of each family adds its head)."""
     return {"embedder": tiny_bert, "colbert": tiny_bert, "cross_encoder": tiny_bert,
-            "llm_seqcls": tiny_llama, "llm_yes": tiny_llama}
+            "llm_seqcls": tiny_llama, "llm_yes": tiny_llama, "splade": tiny_bert, "bge_m3": tiny_bert}
 
 
 @pytest.fixture

@@ -116,3 +116,5 @@ losses.register("stella", "ragr.losses.stella:StellaLoss", "distill: Stella/Jasp
 families.register("splade", "ragr.families.splade:SpladeFamily", "learned sparse: MLM logits -> log(1+relu), max-pooled term weights, dot product")
 losses.register("splade", "ragr.losses.splade:SpladeLoss", "sparse: InfoNCE on term-weight dot products + FLOPS regulariser (queries, documents)")
 losses.register("splade-distill", "ragr.losses.splade:SpladeDistillLoss", "sparse distill: KL or margin-MSE to teacher scores + FLOPS regulariser")
+families.register("bge_m3", "ragr.families.bge_m3:BGEM3Family", "unified: one encoder, dense (CLS) + sparse + ColBERT heads, bge-m3 layout")
+losses.register("m3", "ragr.losses.m3:M3Loss", "bge-m3 unified: dense + sparse + ColBERT + ensemble InfoNCE, optional self-distillation")

@@ -12,7 +12,7 @@ import re
 
 # teacher/student groups and the distillation losses belong to `ragr distill` (tests/config/test_distill_configs.py)
 DISTILL_GROUPS = ("teacher", "student")
-DISTILL_LOSSES = ("distill-kl", "distill-mse", "distill-bce", "llm-preference", "stella")
+DISTILL_LOSSES = ("distill-kl", "distill-mse", "distill-bce", "llm-preference", "stella", "splade-distill")
 GROUPS = [g.name for g in sorted(CONF_DIR.iterdir()) if g.is_dir() and g.name not in ("recipe", *DISTILL_GROUPS)]
 OPTIONS = [(g, o) for g in GROUPS for o in group_options(g) if not (g == "loss" and o in DISTILL_LOSSES)]
 RECIPES = group_options("recipe")
@@ -52,6 +52,16 @@ def selection_for(group: str, option: str) -> list[str]:
     selection = [f"{group}={option}"]
     if group == "loss" and option in RERANKER_LOSSES:
         return selection + ["task=reranker"]
+    if group == "loss":  # a loss for one family's outputs (splade, m3): a model preset of that family
+        from omegaconf import OmegaConf
+
+        from ragr.registry import losses
+
+        consumes = set(getattr(losses.get(OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml")["name"]), "consumes", ()))
+        if not consumes & set(get_family("embedder").produces):
+            for preset in group_options("model"):
+                if consumes & set(get_family(OmegaConf.load(CONF_DIR / "model" / f"{preset}.yaml")["family"]).produces):
+                    return selection + [f"model={preset}"]
     if group == "model":
         from omegaconf import OmegaConf
 

@@ -41,7 +41,7 @@ def test_every_teacher_composes(teacher):
 @pytest.mark.parametrize("student", STUDENTS)
 def test_every_student_composes_as_a_shim_onto_a_model_preset(student):
     cfg = compose_config("distill", [f"student={student}"])
-    assert cfg["student"]["family"] in ("cross_encoder", "llm_seqcls", "embedder", "colbert")
+    assert cfg["student"]["family"] in ("cross_encoder", "llm_seqcls", "embedder", "colbert", "splade")
 
 
 @pytest.mark.parametrize("loss", DISTILL_LOSSES)

@@ -9,6 +9,9 @@ Outputs a family can produce (its ``produces``), and what consumes them:
 * ``sparse`` — one vocabulary-wide term-weight vector per text (:meth:`Family.encode` -> ``[N, V]``, mostly
   zeros; SPLADE), scored by dot products. Consumed by the contrastive objective through sparse losses
   (``loss=splade``: ranking loss + FLOPS regulariser), which need the vectors, not only their scores.
+* ``unified`` — one encoder's dense, sparse and token vectors at once (bge-m3), scored by the family's
+  :meth:`Family.similarity` into a dict of score matrices (``dense``, ``sparse``, ``colbert``). Contrastive
+  objective, through ``loss=m3``.
 * ``pair_scores`` — one score per (query, document) pair (:meth:`Family.score_pairs`). Every family
   produces these (vector families through their similarity). The grouped-scores objective (reranker
   labels or teacher scores) consumes them.
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-OUTPUTS = ("vectors", "multivectors", "sparse", "pair_scores")
+OUTPUTS = ("vectors", "multivectors", "sparse", "unified", "pair_scores")
 
 #: Families registered at run time (:func:`register_family`), by name.
 _LOCAL: dict[str, Family] = {}

@@ -1,6 +1,7 @@
 """Which reranker family a model folder holds, read from its own files (never from its name).
 
-In order: ``colbert_linear.pt`` -> colbert; ``ragr.json`` naming a family -> that family; a
+In order: ``ragr.json`` naming a family -> that family (a bge_m3 folder saved by ragr too); ``colbert_linear.pt``
+-> colbert (a published bge-m3 reranks by its ColBERT head; ``--family bge_m3`` uses all three); a
 sentence-transformers SparseEncoder (``model_type`` or a SpladePooling module) -> splade; a
 sentence-transformers ``modules.json`` with a Pooling module -> embedder; a peft adapter ->
 by its task type (SEQ_CLS -> llm_seqcls, CAUSAL_LM -> llm_yes); ``config.json`` architectures
@@ -50,11 +51,11 @@ def detect_family(path: str | Path) -> str:
         UserError: when the folder says nothing that identifies a family.
     """
     path = Path(path)
-    if (path / "colbert_linear.pt").is_file():
-        return "colbert"
     meta = _read_json(path / "ragr.json")
     if isinstance(meta, dict) and isinstance(meta.get("family"), str):
         return meta["family"]
+    if (path / "colbert_linear.pt").is_file():
+        return "colbert"
     modules = _read_json(path / "modules.json")
     st_conf = _read_json(path / "config_sentence_transformers.json")
     if (isinstance(st_conf, dict) and st_conf.get("model_type") == "SparseEncoder") or (isinstance(modules, list) and any(
