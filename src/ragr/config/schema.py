@@ -47,6 +47,10 @@ class TrainerConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     chunk_size: int = 32     # at most this many sequences per forward pass, length-planned (cuts padding; exact)
+    # how the training forward runs (src/ragr/families/forward.py): auto = packed on CUDA where the model supports it,
+    # else bucketed; chunked off CUDA. chunked: chunk_size rows per forward; packed/bucketed: forward_tokens per forward
+    forward: Literal["auto", "chunked", "packed", "bucketed"] = "auto"
+    forward_tokens: Optional[int] = None   # packed / bucketed: tokens per forward pass (null: 32768)
     grad_cache: bool = False  # embedder: GradCache (loss and gradients unchanged, memory of one chunk, +1 forward)
     max_tokens_per_batch: Optional[int] = None  # embedder: micro-batches by token budget instead of batch_size
     log_every: int = 10
@@ -164,6 +168,7 @@ RANGES: dict[str, str] = {
     "trainer.warmup_ratio": "in [0, 1]",
     "trainer.max_grad_norm": ">= 0",           # 0: no clipping
     "trainer.chunk_size": ">= 1",
+    "trainer.forward_tokens": ">= 1",
     "trainer.max_tokens_per_batch": ">= 1",
     "trainer.log_every": ">= 1",
     "trainer.save_every": ">= 0",              # 0: only at the end

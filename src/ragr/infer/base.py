@@ -163,8 +163,13 @@ def scorer_class(family: str) -> type:
 
 
 def token_batches(lengths: list[int], max_tokens: int, max_pairs: int | None = None,
-                  overhead: int = 64) -> list[list[int]]:
+                  overhead: int = 64, strategy: str = "chunked") -> list[list[int]]:
     """Cut items into batches of similar length that pad as little as possible within a token budget.
+
+    ``strategy`` is the forward strategy the batches will run under (:mod:`ragr.families.forward`):
+    ``chunked`` (below), ``packed`` (padding-free: batches of at most ``max_tokens`` *real* tokens, long and
+    short items mixed so packed rows fill) or ``bucketed`` (each batch costs ``bucket_rows(pairs) x
+    bucket_length(longest)``).
 
     Items are sorted by ``lengths`` (longest first, ties in input order) and cut into consecutive
     batches; a batch costs its padded size (pairs x its longest) plus ``overhead`` token-equivalents
@@ -175,6 +180,15 @@ def token_batches(lengths: list[int], max_tokens: int, max_pairs: int | None = N
     """
     import numpy as np
 
+    if strategy == "packed":
+        return _packed_batches(lengths, max_tokens, max_pairs)
+    if strategy == "bucketed":
+        from ragr.families.forward import plan_bucketed
+
+        cut = plan_bucketed(lengths, max_tokens, overhead)  # shortest first, sized to bucketed shapes
+        if max_pairs:
+            cut = [c[i : i + max_pairs] for c in cut for i in range(0, len(c), max_pairs)]
+        return [c[::-1] for c in cut[::-1]]  # longest batches first, as below
     n = len(lengths)
     order = sorted(range(n), key=lambda k: -lengths[k])
     s = np.array([max(1, int(lengths[k])) for k in order], dtype=np.int64)
@@ -196,6 +210,40 @@ def token_batches(lengths: list[int], max_tokens: int, max_pairs: int | None = N
         batches.append(order[start[i] : i])
         i = int(start[i])
     return batches[::-1]
+
+
+def _packed_batches(lengths: list[int], max_tokens: int, max_pairs: int | None) -> list[list[int]]:
+    """Batches of at most ``max_tokens`` real tokens (and ``max_pairs`` items), each mixing long and short items so
+    its packed rows fill well (:func:`ragr.families.forward.plan_packed`)."""
+    from ragr.families.forward import plan_packed
+
+    batches = plan_packed(lengths, max_tokens)
+    if max_pairs:
+        batches = [b[i : i + max_pairs] for b in batches for i in range(0, len(b), max_pairs)]
+    return batches
+
+
+def scorer_module(scorer: Any):
+    """The ``nn.Module`` that holds a scorer's model (the scorer itself, or its ``model``), or None."""
+    from torch import nn
+
+    if isinstance(scorer, nn.Module):
+        return scorer
+    model = getattr(scorer, "model", None)
+    return model if isinstance(model, nn.Module) else None
+
+
+def forward_context(scorer: Any, strategy: str):
+    """A context in which ``scorer``'s backbone calls run under the forward ``strategy`` (``chunked``:
+    unchanged); see :func:`ragr.families.forward.reshaped_forward`."""
+    from contextlib import nullcontext
+
+    module = scorer_module(scorer)
+    if module is None or strategy == "chunked":
+        return nullcontext()
+    from ragr.families.forward import reshaped_forward
+
+    return reshaped_forward(module, strategy)
 
 
 def token_windows(tokenizer: Any, text: str, size: int, overlap: int) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ragr.errors import UserError
-from ragr.infer.base import Scorer, scorer_class, token_batches, token_windows
+from ragr.infer.base import Scorer, forward_context, scorer_class, scorer_module, token_batches, token_windows
 
 LONG_DOC = ("truncate", "max-chunk")
 #: pairs tokenized and sorted together: bounds memory whatever the input size
@@ -55,6 +55,10 @@ class Reranker:
             CPU, 32768 on a GPU. Families that tokenize up front (cross-encoders) sort pairs by exact
             token length, cut batches that pad least within this budget and pad each batch only to
             its own longest pair; others sort by characters.
+        forward: the forward strategy (:mod:`ragr.families.forward`): ``auto`` (packed on CUDA where the model
+            supports it, else bucketed; chunked elsewhere), ``chunked`` (each batch padded to its longest),
+            ``packed`` (padding-free: ``max_tokens`` counts real tokens) or ``bucketed`` (few fixed shapes).
+            Scores do not depend on it beyond float rounding.
         backend: ``torch`` or ``onnx`` (ONNX Runtime, a folder written by ``ragr export``; cross-encoders and
             embedders); None or ``auto``: read from the folder (:func:`ragr.infer.detect.detect_backend`).
             The ONNX file's precision (fp32, int8, fp16) is fixed at export; option ``file_name`` picks another.
@@ -68,7 +72,7 @@ class Reranker:
 
     def __init__(self, name_or_path: str, family: str | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, max_length: int | None = None, long_doc: str = "truncate",
-                 overlap: int = 32, batch_size: int | None = None, max_tokens: int | None = None,
+                 overlap: int = 32, batch_size: int | None = None, max_tokens: int | None = None, forward: str = "auto",
                  backend: str | None = None, **options: Any) -> None:
         from ragr.infer.detect import detect_family
         from ragr.infer.presets import preset_for
@@ -97,19 +101,20 @@ class Reranker:
             if "argument" in str(exc):
                 raise UserError(f"reranker family '{family}': {exc}") from None
             raise
-        self._setup(scorer, long_doc, overlap, batch_size, max_tokens)
+        self._setup(scorer, long_doc, overlap, batch_size, max_tokens, forward)
         self.name_or_path = str(name_or_path)
 
     @classmethod
     def from_scorer(cls, scorer: Scorer, long_doc: str = "truncate", overlap: int = 32, batch_size: int | None = None,
-                    max_tokens: int | None = None) -> Reranker:
+                    max_tokens: int | None = None, forward: str = "auto") -> Reranker:
         """Wrap an already loaded scorer (a model being trained, a custom scorer) in the Reranker API."""
         self = cls.__new__(cls)
-        self._setup(scorer, long_doc, overlap, batch_size, max_tokens)
+        self._setup(scorer, long_doc, overlap, batch_size, max_tokens, forward)
         self.name_or_path = type(scorer).__name__
         return self
 
-    def _setup(self, scorer: Scorer, long_doc: str, overlap: int, batch_size: int | None, max_tokens: int | None) -> None:
+    def _setup(self, scorer: Scorer, long_doc: str, overlap: int, batch_size: int | None, max_tokens: int | None,
+               forward: str = "auto") -> None:
         if long_doc not in LONG_DOC:
             raise UserError(f"long_doc must be one of {', '.join(LONG_DOC)}, got {long_doc!r}")
         if overlap < 0:
@@ -122,6 +127,10 @@ class Reranker:
         kind = "cpu" if self._device_type() == "cpu" else "other"
         self.batch_size, self.max_tokens = batch_size, max_tokens or MAX_TOKENS[kind]
         self.batch_overhead = BATCH_OVERHEAD[kind]
+        from ragr.families.forward import resolve_strategy
+
+        module = scorer_module(scorer)  # a scorer without an nn.Module inside runs its own way: chunked batches
+        self.forward = resolve_strategy(forward, self._device_type(), module, key="forward") if module is not None else "chunked"
 
     def _device_type(self) -> str:
         if isinstance(getattr(self.scorer, "device_type", None), str):  # a scorer without torch parameters (ONNX)
@@ -196,14 +205,18 @@ class Reranker:
         feats = tokenize(queries, docs) if tokenize is not None else None
         if feats is not None:  # exact token lengths: token-budget batches, each padded to its own longest
             lengths = [len(f["input_ids"]) for f in feats]
-            for idx in token_batches(lengths, self.max_tokens, self.batch_size, self.batch_overhead):
-                yield idx, self.scorer.score_tokenized([feats[k] for k in idx])
+            for idx in token_batches(lengths, self.max_tokens, self.batch_size, self.batch_overhead, self.forward):
+                with forward_context(self.scorer, self.forward):
+                    scores = self.scorer.score_tokenized([feats[k] for k in idx])
+                yield idx, scores
             return
         size = self.batch_size or DEFAULT_PAIRS
         order = sorted(range(len(queries)), key=lambda k: len(queries[k]) + len(docs[k]), reverse=True)
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            yield idx, self.scorer.score_pairs([queries[k] for k in idx], [docs[k] for k in idx])
+            with forward_context(self.scorer, self.forward):
+                scores = self.scorer.score_pairs([queries[k] for k in idx], [docs[k] for k in idx])
+            yield idx, scores
 
     def rank(self, query: str, docs: Sequence[str], top_k: int | None = None, normalize: bool = False,
              rescore: Reranker | None = None, rescore_margin: int = 1) -> list[tuple[int, float, str]]:

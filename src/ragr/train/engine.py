@@ -21,7 +21,7 @@ import torch
 
 from ragr.device import mixed_precision
 from ragr.errors import UserError
-from ragr.families.forward import ChunkedForward
+from ragr.families.forward import make_forward
 from ragr.models.attention import shape_stable_attention
 from ragr.train.rundir import (
     STATE_FILE,
@@ -322,7 +322,7 @@ class Engine:
             self._keep_best(model, results["before"], 0)
 
         unwrapped = acc.unwrap_model(model)
-        fwd = ChunkedForward(model, unwrapped, acc.device, t["chunk_size"])
+        fwd = make_forward(model, unwrapped, acc.device, t)  # trainer.forward: chunked / packed / bucketed
         watchdog = StepWatchdog(self.cfg["launcher"].get("timeout_s"), acc.process_index, acc.num_processes)
         model.train()
         window: dict[str, float] = {}

@@ -43,46 +43,46 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
 class _Side:
     """One side of the step (queries or documents): its chunks, pass-1 RNG states and embeddings.
 
-    The chunks are the family's collective-safe plan (:class:`ragr.families.forward.ChunkedForward`):
-    the same cut as a plain step, with the count agreed across ranks; filler chunks are run in both
-    passes and receive a zero gradient.
+    The chunks are the family's collective-safe plan (:class:`ragr.families.forward.ChunkedForward`, or the
+    packed / bucketed strategy that ``trainer.forward`` picks): the same cut as a plain step, with the count
+    agreed across ranks; filler chunks are run in both passes and receive a zero gradient.
     """
 
     def __init__(self, fwd, family, texts: Sequence[str], is_query: bool) -> None:
-        self.forward, self.device = fwd.module, fwd.device
+        self.fwd, self.forward, self.device = fwd, fwd.module, fwd.device
         lengths, make_chunk = family.prepare(fwd.model, texts, is_query)
         plan, self.fillers = fwd.plan(lengths)
-        self.chunks = fwd.features(plan, self.fillers, make_chunk)
+        self.chunks = fwd.features(plan, self.fillers, make_chunk, lengths)
         self.order = [i for idx in plan for i in idx]
         self.states = []
         parts = []
         with torch.no_grad():
-            for feats in self.chunks:
+            for chunk in self.chunks:
                 self.states.append(_rng_state(self.device))
-                parts.append(self._run(feats))
+                parts.append(self._run(chunk))
         out = torch.cat(parts[: len(parts) - self.fillers])
         self.inverse = torch.empty(len(self.order), dtype=torch.long)
         self.inverse[torch.tensor(self.order)] = torch.arange(len(self.order))
         self.embeddings = out[self.inverse.to(out.device)]  # input order
 
-    def _run(self, feats: dict) -> torch.Tensor:
-        return self.forward(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"])
+    def _run(self, chunk) -> torch.Tensor:
+        return self.fwd.call(chunk)  # the strategy's call: chunked as it is, or the backbone packed / bucketed
 
     def replay(self, grad: torch.Tensor, sync_last: bool) -> None:
         """Pass 2: re-embed each chunk with gradients and backpropagate its rows of ``grad``."""
         grad = grad[torch.tensor(self.order, device=grad.device)]  # chunk order
         at = 0
-        for c, feats in enumerate(self.chunks):
+        for c, chunk in enumerate(self.chunks):
             last = sync_last and c == len(self.chunks) - 1
             no_sync = getattr(self.forward, "no_sync", None)  # DDP: all-reduce once, on the step's last chunk
             ctx = no_sync() if no_sync is not None and not last else nullcontext()
             with ctx:
                 _set_rng_state(self.states[c], self.device)
-                out = self._run(feats)
+                out = self._run(chunk)
                 if c >= len(self.chunks) - self.fillers:  # a collective filler: a zero gradient, the same backward
                     torch.autograd.backward(out, torch.zeros_like(out))
                     continue
-                n = feats["input_ids"].shape[0]
+                n = chunk.rows
                 torch.autograd.backward(out, grad[at : at + n].to(out.dtype))
             at += n
 
@@ -121,4 +121,6 @@ def cached_step(fwd, family, loss_fn: Callable[..., dict[str, torch.Tensor]], qu
             d_side.replay(g_d * grad_out, sync_last=True)
 
     loss.register_hook(backward_hook)
-    return {**out, "loss": loss}
+    from ragr.train.health import vector_diagnostics  # the collapse signal of a plain step (health.py)
+
+    return {**out, "loss": loss, **vector_diagnostics(q, d)}
