@@ -118,7 +118,7 @@ def test_the_backward_scale_reaches_the_gradients_and_mrl_parts_come_through():
     loss_fn = MatryoshkaLoss(InfoNCE(temperature=0.05), dims=[8, 16, 32], embed_dim=32)
     plain, g_plain, _ = step(model, loss_fn, grad_cache=False, chunk_size=4)
     cached, g_half, _ = step(model, loss_fn, grad_cache=True, chunk_size=4, scale=0.5)  # as with grad_accum=2
-    assert set(cached) == set(plain) == {"loss", "loss@8", "loss@16", "loss@32"}
+    assert set(cached) == set(plain) == {"loss", "loss@8", "loss@16", "loss@32", "health/embedding_cosine"}
     for k in plain:
         assert cached[k].item() == pytest.approx(plain[k].item(), rel=1e-6)
     assert_same_grads({n: 2 * g for n, g in g_half.items()}, g_plain)

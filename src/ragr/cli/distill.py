@@ -52,4 +52,8 @@ def register(app: typer.Typer) -> None:
                 rows.append([key, "" if b is None else b, "" if a is None else a, change])
         if rows:
             console.table(f"agreement with the teacher ({results.get('agreement_on')})", ["metric", "before", "after", "change"], rows)
+        from ragr.train.health import summary_lines
+
+        for line in summary_lines(results):  # collapse warnings; better / worse on dev, in words
+            console.print(line)
         console.print(f"student saved to [bold]{results['model_dir']}[/] ({results['steps']} steps)")

@@ -18,21 +18,21 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
         print_config: bool = typer.Option(False, "--print-config", help="Print the composed, resolved config and exit."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
-        compare: bool = typer.Option(False, "--compare", help="Compare runs instead: the arguments are run folders or "
-                                     "eval.json files (a training run gives before/after); writes compare.md and compare.png."),
+        compare: bool = typer.Option(False, "--compare", help="Compare instead: the arguments are run folders or eval.json "
+                                     "files (a training run gives before/after), or models (folders, aliases, hub ids) "
+                                     "evaluated now on the same data; writes compare.md, compare.json and compare.png."),
         metrics: str = typer.Option("map,mrr@10,ndcg@10", "--metrics", help="--compare: comma-separated metrics to show."),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="--compare: folder for compare.md / compare.png "
-                                             "(default: output_dir)."),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="--compare: folder for compare.md / compare.json / "
+                                             "compare.png (default: output_dir)."),
     ) -> None:
         """Evaluate a model: reranking data, named MTEB reranking tasks, or retrieval on a BEIR folder.
 
         Examples: ragr eval model.name_or_path=runs/x/model data.eval=dev.jsonl |
         ragr eval model.name_or_path=bge-reranker-base eval.tasks=[C-MTEB] data.tasks_dir=tasks |
         ragr eval data=beir-local data.beir=scifact eval.reranker=bge-reranker-base |
-        ragr eval --compare runs/base runs/tuned
+        ragr eval --compare runs/base runs/tuned | ragr eval --compare minilm runs/x/model data.eval=dev.jsonl
         """
         from ragr.config import compose_config, to_yaml
-        from ragr.errors import UserError
         from ragr.eval.report import print_report, write_json
         from ragr.ui import Console
 
@@ -45,17 +45,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(to_yaml(cfg), nl=False)
             return
         console = Console(quiet=quiet)
-        data = cfg["data"]
         out = Path(cfg["output_dir"])
-        if data.get("beir"):
-            report = _retrieval(cfg, console, out)
-        elif cfg["eval"].get("tasks"):
-            report = _tasks(cfg, console, args)
-        elif data.get("eval"):
-            report = _rerank_file(cfg, console)
-        else:
-            raise UserError("nothing to evaluate: set data.eval=FILE (reranking data), eval.tasks=[NAME,...] "
-                            "(named reranking tasks) or data.beir=DIR (retrieval)")
+        report = _evaluate(cfg, console, args, out)
         path = write_json(out / "eval.json", report)
         print_report(console, report)
         console.print(f"written to [bold]{path}[/]")
@@ -129,6 +120,21 @@ def _rerank_evaluator(cfg: dict) -> tuple[str, Callable[..., dict], Callable[[li
 # ---------------------------------------------------------------------------------------------
 # Modes
 # ---------------------------------------------------------------------------------------------
+
+
+def _evaluate(cfg: dict, console, args: list[str], out: Path) -> dict[str, Any]:
+    """The report of the mode the config asks for: retrieval (data.beir), named tasks (eval.tasks) or a file."""
+    from ragr.errors import UserError
+
+    data = cfg["data"]
+    if data.get("beir"):
+        return _retrieval(cfg, console, out)
+    if cfg["eval"].get("tasks"):
+        return _tasks(cfg, console, args)
+    if data.get("eval"):
+        return _rerank_file(cfg, console)
+    raise UserError("nothing to evaluate: set data.eval=FILE (reranking data), eval.tasks=[NAME,...] "
+                    "(named reranking tasks) or data.beir=DIR (retrieval)")
 
 
 def _rerank_file(cfg: dict, console) -> dict[str, Any]:
@@ -220,17 +226,62 @@ def _retrieval(cfg: dict, console, out: Path) -> dict[str, Any]:
             "stages": stages, "runs": runs, "metrics": stages["rerank" if "rerank" in stages else "retrieval"]}
 
 
+MODEL_FILES = ("config.json", "modules.json", "ragr.json", "adapter_config.json", "colbert_linear.pt")
+
+
+def _compare_model(item: str) -> str | None:
+    """The model ``item`` names for --compare (a model folder, a run folder's model/, an alias or hub id), or None
+    for a report (an eval.json, or a folder holding one)."""
+    from ragr.models.hub import _HUB_ID, ALIASES
+
+    path = Path(item).expanduser()
+    if path.is_file() or (path / "eval.json").is_file():
+        return None
+    for folder in (path, path / "model"):
+        if folder.is_dir() and any((folder / f).is_file() for f in MODEL_FILES):
+            return str(folder)
+    if not path.exists() and _HUB_ID.match(ALIASES.get(item, item)) and not item.startswith((".", "/", "~")):
+        return item
+    return None  # load_results says what is missing
+
+
+def _model_label(item: str, model: str) -> str:
+    path = Path(model)
+    if not path.exists():
+        return item
+    path = path.resolve()
+    return f"{path.parent.name}/{path.name}" if path.name in ("model", "best") and path.parent.name else path.name
+
+
 def _compare(args: list[str], metrics: str, output: str | None, quiet: bool) -> None:
-    from ragr.eval.report import compare_runs
+    """Reports are read; models are evaluated now, each with the same config (the overrides: data.eval, family ...)."""
+    import copy
+
+    from ragr.config import compose_config
+    from ragr.errors import UserError
+    from ragr.eval.report import compare_entries, load_results, report_entries
     from ragr.ui import Console
 
-    runs = [a for a in args if Path(a).expanduser().exists() or "=" not in a]
-    rest = [a for a in args if a not in runs]
-    if output is None:
-        from ragr.config import compose_config
-
-        output = compose_config("eval", rest)["output_dir"]
+    items = [a for a in args if Path(a).expanduser().exists() or "=" not in a]
+    rest = [a for a in args if a not in items]
+    if not items:
+        raise UserError("--compare needs run folders, eval.json files or models (folders, aliases, hub ids)")
+    console = Console(quiet=quiet)
+    models = {item: _compare_model(item) for item in items}
+    cfg = compose_config("eval", rest) if output is None or any(models.values()) else None
+    output = output or cfg["output_dir"]
+    sources = []
+    for item in items:
+        if models[item] is None:
+            sources.append((item, load_results(item)))
+            continue
+        run = copy.deepcopy(cfg)
+        run["model"]["name_or_path"] = models[item]
+        run["eval"]["save_run"] = False
+        report = _evaluate(run, console, rest, Path(output))
+        sources.append((item, report_entries(report, _model_label(item, models[item])) or []))
     names = [m.strip() for m in metrics.split(",") if m.strip()]
-    result = compare_runs(runs, output, names)
+    result = compare_entries(sources, output, names)
     typer.echo(result["markdown"], nl=False)
-    Console(quiet=quiet).print(f"written to [bold]{result['md_path']}[/] and [bold]{result['png_path']}[/]")
+    console.print(f"written to [bold]{result['md_path']}[/], [bold]{result['json_path']}[/] and "
+                  f"[bold]{result['png_path']}[/]")

@@ -34,4 +34,8 @@ def register(app: typer.Typer) -> None:
         results = launchers.get(cfg["launcher"]["name"])(cfg, quiet=quiet)
         if results:
             print_metrics_table(console, "dev metrics", {"before": results.get("before"), "after": results.get("after")})
+            from ragr.train.health import summary_lines
+
+            for line in summary_lines(results):  # collapse warnings; better / worse on dev, in words
+                console.print(line)
             console.print(f"model saved to [bold]{results['model_dir']}[/] ({results['steps']} steps)")

@@ -5,10 +5,11 @@ One ``eval.json`` shape per kind of evaluation (all carry ``"metrics"``, the hea
 * reranking file: ``{"model", "family", "data", "metrics"}``
 * named tasks: ``{"model", "family", "tasks": {name: {"source", "num_dropped", "metrics"}}, "average", "metrics"}``
 * retrieval: ``{"model", "family", "data", "split", "reranker", "stages": {"retrieval", "rerank"}, "metrics"}``
-* a training run's ``eval.json``: ``{"before": metrics, "after": metrics[, "best": metrics]}``
+* a training run's ``eval.json``: ``{"before": metrics, "after": metrics[, "best": metrics][, "verdict", "warnings"]}``
+  (the last two from :mod:`ragr.train.health`)
 
 :func:`compare_runs` reads any mix of these (files or the folders holding them) and writes a
-markdown table and a PNG bar chart.
+markdown table, a JSON file and a PNG bar chart; ``ragr eval --compare`` also evaluates models given by name.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 
 from ragr.errors import UserError
 
-__all__ = ["DEFAULT_COMPARE_METRICS", "bar_chart", "compare_runs", "load_results", "markdown_table",
-           "print_report", "write_json"]
+__all__ = ["DEFAULT_COMPARE_METRICS", "bar_chart", "compare_entries", "compare_runs", "load_results", "markdown_table",
+           "print_report", "report_entries", "write_json"]
 
 DEFAULT_COMPARE_METRICS = ("map", "mrr@10", "ndcg@10")
 COUNTS = ("num_queries", "num_skipped", "num_dropped")
@@ -131,6 +132,15 @@ def load_results(path: str | Path) -> list[Entry]:
     if not isinstance(report, dict):
         raise UserError(f"--compare {path}: {file} is not an evaluation report")
     label = file.parent.name if file.name == "eval.json" else file.stem
+    entries = report_entries(report, label, file.parent)
+    if entries is None:
+        raise UserError(f"--compare {path}: {file} holds no metrics this command knows")
+    return entries
+
+
+def report_entries(report: dict[str, Any], label: str, run_dir: Path | None = None) -> list[Entry] | None:
+    """A report's compared entries (None when it holds no metrics this module knows); ``run_dir`` names the dev
+    file of a training run's stages."""
     if "tasks" in report:
         results = {name: t["metrics"] for name, t in report["tasks"].items()}
         if len(results) > 1 and report.get("average"):
@@ -144,9 +154,9 @@ def load_results(path: str | Path) -> list[Entry]:
     if "best" in stages and "after" in stages and _same_metrics(report["best"], report["after"]):
         stages.remove("best")  # the final model was the best: one row says it
     if stages:
-        dev = _dev_name(file.parent)
+        dev = _dev_name(run_dir) if run_dir is not None else "dev"
         return [(f"{label} ({s})", {dev: report[s]}) for s in stages]
-    raise UserError(f"--compare {path}: {file} holds no metrics this command knows")
+    return None
 
 
 def _unique_labels(entries: list[Entry], paths: list[str]) -> list[Entry]:
@@ -254,12 +264,21 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path,
     """
     if not paths:
         raise UserError("--compare needs at least one run folder or eval.json")
+    return compare_entries([(str(p), load_results(p)) for p in paths], out_dir, metrics, png)
+
+
+def compare_entries(sources: Sequence[tuple[str, list[Entry]]], out_dir: str | Path,
+                    metrics: Sequence[str] = DEFAULT_COMPARE_METRICS, png: bool = True) -> dict[str, Any]:
+    """:func:`compare_runs` on entries already read (or just evaluated): ``sources`` is ``[(source, entries)]``.
+
+    Also writes ``out_dir/compare.json``: every entry's label, source and metrics and, with two entries, the
+    change (second minus first) of each compared metric.
+    """
     entries: list[Entry] = []
     owners: list[str] = []
-    for p in paths:
-        got = load_results(p)
+    for source, got in sources:
         entries.extend(got)
-        owners.extend([str(p)] * len(got))
+        owners.extend([source] * len(got))
     entries = _unique_labels(entries, owners)
     md = markdown_table(entries, metrics)
     out = Path(out_dir)
@@ -268,5 +287,16 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path,
 
     md_path = out / "compare.md"
     atomic_write_text(md_path, md)
+    cols = _columns(entries, metrics)
+    doc: dict[str, Any] = {"metrics": list(metrics), "entries": [
+        {"label": label, "source": source, "results": res} for (label, res), source in zip(entries, owners)]}
+    if len(entries) == 2:
+        change: dict[str, dict[str, float]] = {}
+        for col in cols:
+            a, b = _value(entries[0][1], col), _value(entries[1][1], col)
+            if a is not None and b is not None:
+                change.setdefault(col[0], {})[col[1]] = b - a
+        doc["change"] = change
+    json_path = write_json(out / "compare.json", doc)
     png_path = bar_chart(entries, out / "compare.png", metrics) if png else None
-    return {"entries": entries, "markdown": md, "md_path": md_path, "png_path": png_path}
+    return {"entries": entries, "markdown": md, "md_path": md_path, "json_path": json_path, "png_path": png_path}

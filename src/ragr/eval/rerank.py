@@ -49,12 +49,19 @@ def score_groups(scorer, queries: list[str], candidates: list[list[str]], batch_
 def evaluate(scorer, rows: list[dict[str, Any]], batch_size: int = 64, ks: Sequence[int] = (1, 3, 5, 10),
              progress: Callable[[float], None] | None = None) -> dict[str, float]:
     """Score every (query, candidate) of ``rows`` with ``scorer`` and compute the rank metrics."""
+    return evaluate_scores(scorer, rows, batch_size, ks, progress)[0]
+
+
+def evaluate_scores(scorer, rows: list[dict[str, Any]], batch_size: int = 64, ks: Sequence[int] = (1, 3, 5, 10),
+                    progress: Callable[[float], None] | None = None) -> tuple[dict[str, float], list[list[float]]]:
+    """:func:`evaluate`, and the raw scores of each row's candidates (positives first)."""
     queries, cands, labels = _groups(rows)
-    metrics = rerank_metrics(score_groups(scorer, queries, cands, batch_size, progress), labels, ks=ks)
+    scores = score_groups(scorer, queries, cands, batch_size, progress)
+    metrics = rerank_metrics(scores, labels, ks=ks)
     stats = getattr(getattr(scorer, "scorer", scorer), "encode_stats", None)  # e.g. a sparse model's active dims
     if callable(stats):
         metrics.update(stats())
-    return metrics
+    return metrics, scores
 
 
 def count_items(scorer, rows: list[dict[str, Any]]) -> int:

@@ -212,6 +212,7 @@ class Engine:
         with self.console.progress(f"eval ({tag})", self.task.count_eval_items(rows)) as advance:
             metrics = self.task.evaluate(self.accelerator.unwrap_model(model), rows, progress=advance)
         self._log({"step": step, "event": f"eval_{tag}", **{f"eval/{k}": v for k, v in metrics.items()}})
+        self.monitor.eval_done(step, tag, metrics)  # collapse on dev (ragr.train.health)
         return metrics
 
     # ---- evaluation during training (trainer.eval_every) and the best model -------------------------
@@ -265,10 +266,12 @@ class Engine:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
+        from ragr.train.health import Monitor
         from ragr.train.watchdog import StepWatchdog
 
         acc, t = self.accelerator, self.t
         set_seed(self.cfg["seed"])
+        self.monitor = monitor = Monitor(self)  # non-finite stop, collapse, verdict (ragr.train.health)
         resume_from = self._prepare_run_dir()
         if t.get("tensorboard") and acc.is_main_process:
             try:
@@ -343,12 +346,11 @@ class Engine:
                     with watchdog.step(step + 1, a), sync, acc.autocast(), shape_stable_attention(acc.device):
                         out = self.task.compute_loss(fwd, loss_fn, batch)
                         acc.backward(out["loss"] if deepspeed else out["loss"] / a_steps)
-                    for k, v in out.items():
-                        window[k] = window.get(k, 0.0) + float(v.detach()) / a_steps
+                    monitor.micro_step(out, window, a_steps)  # window[k] += loss terms / a_steps
                     seen += len(batch["queries"]) * acc.num_processes
                 with watchdog.step(step + 1, "optimizer"):
-                    if t.get("max_grad_norm"):
-                        acc.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
+                    norm = acc.clip_grad_norm_(model.parameters(), t["max_grad_norm"]) if t.get("max_grad_norm") else None
+                    monitor.end_step(step + 1, norm)  # collective; a NaN/inf on any rank stops every rank here
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -359,7 +361,7 @@ class Engine:
                     elapsed = time.perf_counter() - t0
                     means = self._mean_across_ranks({k: v / n_window for k, v in window.items()})
                     record = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                              **means, "samples_per_s": seen / max(elapsed, 1e-9)}
+                              **means, **monitor.log_values(), "samples_per_s": seen / max(elapsed, 1e-9)}
                     self._log(record)
                     self.console.progress_note(f"loss {record['loss']:.4f}")
                     window, n_window, t0, seen = {}, 0, time.perf_counter(), 0
@@ -386,6 +388,8 @@ class Engine:
             if self.best is not None:
                 results["best"] = self.best
                 evals["best"] = {"step": self.best["step"], **self.best["metrics"]}
+            results["health"] = health = monitor.finish(results, total)
+            evals.update({k: health[k] for k in ("verdict", "warnings") if evals and health[k]})
             if evals:
                 atomic_write_text(self.run_dir / "eval.json", json.dumps(evals, indent=2))
         acc.wait_for_everyone()

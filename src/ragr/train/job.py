@@ -122,12 +122,12 @@ class TrainingJob:
 
     def evaluate(self, model, rows, progress=None) -> dict[str, float]:
         """Dev metrics through the family's scorer (:func:`ragr.eval.rerank.evaluate`), plus the objective's own."""
-        from ragr.eval.rerank import evaluate
+        from ragr.train.health import dev_metrics
 
         metrics: dict[str, float] = {}
         if rows["eval"]:
-            was_training = model.training
-            metrics.update(evaluate(self.family.scorer(model), rows["eval"], batch_size=64, progress=progress))
+            was_training = model.training  # dev_metrics: the rank metrics plus score_spread (collapse, health.py)
+            metrics.update(dev_metrics(self.family.scorer(model), rows["eval"], batch_size=64, progress=progress))
             model.train(was_training)
         metrics.update(self.objective.extra_metrics(model, progress))
         return metrics

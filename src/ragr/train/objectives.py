@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ragr.errors import DataError, UserError
+from ragr.train.health import score_diagnostics, vector_diagnostics  # detached collapse signals ("health/...")
 
 
 class Objective:
@@ -108,7 +109,7 @@ class Contrastive(Objective):
         q = family.encode(fwd, batch["queries"], is_query=True)
         d = family.encode(fwd, batch["docs"], is_query=False)
         if isinstance(q, torch.Tensor):  # vectors: the loss takes them (dot products, MRL prefixes, gathering)
-            return loss_fn(q.float(), d.float(), false_negatives, **keys)
+            return {**loss_fn(q.float(), d.float(), false_negatives, **keys), **vector_diagnostics(q, d)}
         if getattr(loss_fn, "in_batch_negatives", True):  # multivectors: the family scores, the loss takes scores
             return loss_fn.score_loss(family.similarity(fwd.model, q, d), false_negatives)
         return loss_fn.score_loss(family.own_group_scores(fwd.model, q, d), false_negatives)
@@ -300,12 +301,12 @@ class GroupedScores(Objective):
         pair = self.job.family.score_pairs(fwd, batch["queries"], batch["docs"], batch["pair_query_index"]).float()
         if not self.teacher:
             labels = batch["labels"].to(fwd.device)
-            return loss_fn(pair.view(labels.shape), labels)
+            return {**loss_fn(pair.view(labels.shape), labels), **score_diagnostics(pair.view(labels.shape))}
         mask = batch["mask"].to(fwd.device)
         scores = torch.zeros(mask.numel(), device=fwd.device, dtype=pair.dtype)
         scores = scores.index_put((batch["flat"].to(fwd.device),), pair).view(mask.shape)
         teacher = batch["teacher_prob" if loss_fn.teacher_space == "prob" else "teacher_raw"].to(fwd.device)
-        return loss_fn(scores, teacher, batch["labels"].to(fwd.device), mask)
+        return {**loss_fn(scores, teacher, batch["labels"].to(fwd.device), mask), **score_diagnostics(scores, mask)}
 
     # -- agreement with the teacher --
     def count_extra(self) -> int:
