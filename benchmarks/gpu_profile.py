@@ -1,5 +1,6 @@
-"""Host-side profile of ragr training on a GPU (BERT-base, batch 128): ms/step with and without the shared embedding
-lookup and with chunk_size 512, plus a cProfile of one run. Run from the repo root after gpu_check.sh's setup:
+"""Host-side profile of ragr training on a GPU (BERT-base, batch 128): ms/step under each forward strategy (packed,
+bucketed, chunked; chunked also without the shared embedding lookup), plus a cProfile of the packed run. Run from the
+repo root after gpu_check.sh's setup:
   STEPS=16 python3 benchmarks/gpu_profile.py
 """
 import cProfile, io, json, os, pstats, sys, tempfile, time
@@ -43,11 +44,12 @@ def timed(name, extra=(), prof=False):
         print("\n".join(l[:150] for l in s.getvalue().splitlines()[6:40]))
     (s0, t0), (s1, t1) = stamps[0], stamps[-1]
     print(f"{name}: {1e3*(t1-t0)/(s1-s0):.1f} ms/step", flush=True)
-timed("cProfile default", prof=True)
-timed("default (chunk 32)")
+timed("cProfile packed", ["trainer.forward=packed"], prof=True)
+timed("packed", ["trainer.forward=packed"])
+timed("bucketed", ["trainer.forward=bucketed"])
+timed("chunked (chunk 32)", ["trainer.forward=chunked"])
 import ragr.models.chunking as E
 orig = E.input_embedding_to_share
 E.input_embedding_to_share = lambda *a: None
-timed("no shared embedding lookup")
+timed("chunked, no shared embedding lookup", ["trainer.forward=chunked"])
 E.input_embedding_to_share = orig
-timed("chunk_size 512", ["trainer.chunk_size=512"])
