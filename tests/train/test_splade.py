@@ -276,3 +276,20 @@ def test_ragr_distill_trains_a_splade_student_on_teacher_scores(tiny_mlm, data_d
     assert len(steps) == 4 and steps[-1]["ranking"] < steps[0]["ranking"]
     assert all(r["active_dims_doc"] > 0 and r["regularizer"] > 0 for r in steps)
     assert json.loads((run / "model" / "ragr.json").read_text())["family"] == "splade"
+
+
+@pytest.mark.distributed
+def test_inference_free_trains_on_two_ddp_ranks(tiny_mlm, data_dir, tmp_path):
+    """The query table and the MLM run in separate forwards of one step: each must use every parameter, or DDP
+    marks the table ready twice (the failure this guards against)."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ragr", "train", "-q", "model=splade", f"model.name_or_path={tiny_mlm}",
+                           "model.inference_free=true", f"data.train={data_dir / 'train.jsonl'}", "data.eval=null",
+                           "launcher=ddp", "launcher.num_processes=2", "launcher.timeout_s=120", "trainer.max_steps=2",
+                           "trainer.batch_size=4", "trainer.precision=fp32", "trainer.log_every=1", "loss.lambda_q=0",
+                           f"output_dir={run}"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(steps) == 2 and all(r["active_dims_query"] < r["active_dims_doc"] for r in steps)
+    assert Splade.from_pretrained(str(run / "model")).inference_free

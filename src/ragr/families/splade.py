@@ -354,12 +354,23 @@ class Splade(nn.Module):
                 **extra) -> torch.Tensor:
         """Term weights ``[B, V]``; ``static`` (any tensor) selects the inference-free query table instead of the MLM."""
         if static is not None:
-            return self.static_vectors(input_ids, attention_mask)
+            return self.static_vectors(input_ids, attention_mask) + self._touch(self.backbone.parameters())
         logits = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
         w = splade_pool(logits, attention_mask, self.pooling, self.activation)
         if self._term_mask is not None:
             w = w * self._term_mask.to(w.device, w.dtype)
+        if self.query_weights is not None:
+            w = w + self._touch([self.query_weights])
         return w
+
+    @staticmethod
+    def _touch(params) -> torch.Tensor | float:
+        """0, depending on every trainable parameter of ``params`` while training: each forward of a step (query
+        table or MLM) then uses every parameter, as DDP requires of several forwards before one backward."""
+        if not torch.is_grad_enabled():
+            return 0.0
+        used = [p.reshape(-1)[:1] for p in params if p.requires_grad]
+        return torch.cat(used).sum() * 0.0 if used else 0.0
 
     def _batches(self, texts: Sequence[str], is_query: bool, batch_size: int, progress):
         """``(indices, vectors [b, V] fp32)`` per length-sorted batch, in eval mode, without gradients."""
