@@ -63,7 +63,7 @@ def print_metrics_table(console, title: str, columns: dict[str, dict[str, float]
         return
     names = list(present)
     rows = []
-    for metric in HEADLINE + ("recall@10",):
+    for metric in HEADLINE + ("recall@10", "active_dims_query", "active_dims_doc"):  # active dims: sparse models
         if all(metric in present[n] for n in names):
             row = [metric] + [present[n][metric] for n in names]
             if len(names) == 2:

@@ -52,6 +52,7 @@ def _metric_columns(metrics: dict[str, Any]) -> list[str]:
     cols = [m for m in ("map", "mrr@10", "ndcg@10") if m in metrics]
     recalls = sorted((k for k in metrics if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
     cols += [r for r in recalls if r == "recall@10" or r == recalls[-1]]
+    cols += [k for k in ("active_dims_query", "active_dims_doc") if k in metrics]  # sparse models
     return list(dict.fromkeys(cols))
 
 
