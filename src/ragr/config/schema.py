@@ -211,6 +211,16 @@ RANGES: dict[str, str] = {
     "loss.cosine_weight": ">= 0",
     "loss.similarity_weight": ">= 0",
     "loss.hinge_weight": ">= 0",
+    "loss.lambda_q": ">= 0",                   # SPLADE FLOPS weights
+    "loss.lambda_d": ">= 0",
+    "loss.warmup_steps": ">= 0",
+    "loss.dense_weight": ">= 0",               # bge-m3 unified loss
+    "loss.sparse_weight": ">= 0",
+    "loss.colbert_weight": ">= 0",
+    "loss.ensemble_weight": ">= 0",
+    "loss.ensemble_sparse_weight": ">= 0",
+    "loss.self_distill_start_step": ">= 0",
+    "model.colbert_dim": ">= 1",
 }
 #: node kinds whose ranges are declared once under ``model.`` / ``loss.``
 RANGE_NODES = {"model": "model", "student": "model", "teacher": "model", "loss": "loss", "loss.inner": "loss"}
