@@ -362,21 +362,19 @@ def int8_file_name(target: str) -> str:
     return f"{ONNX_DIR}/model_{INT8_TARGETS[target].lower()}_{target}.onnx"
 
 
-class _Traced:
-    """What the exporter traces: the model's forward on positional int64 inputs, returning one tensor."""
+def _traced(model, input_names: list[str], output: str):
+    """What the exporter traces: ``model``'s forward on positional int64 inputs, returning one tensor."""
+    import torch
 
-    def __new__(cls, model, input_names: list[str], output: str):
-        import torch
+    class Traced(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class Traced(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, *inputs):
+            return getattr(self.model(**dict(zip(input_names, inputs)), return_dict=True), output)
 
-            def forward(self, *inputs):
-                return getattr(self.model(**dict(zip(input_names, inputs)), return_dict=True), output)
-
-        return Traced().eval()
+    return Traced().eval()
 
 
 def _load_for_export(root: Path, family: str):
@@ -519,7 +517,7 @@ def export_onnx(model: str, output: str | Path, *, quantize: str | None = None, 
         say(f"exporting {family} {model} to ONNX (opset {OPSET}) ...")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(_Traced(net, names, out_name), tuple(probe[n] for n in names), str(fp32),
+            torch.onnx.export(_traced(net, names, out_name), tuple(probe[n] for n in names), str(fp32),
                               input_names=names, output_names=[out_name], dynamic_axes=axes, opset_version=OPSET,
                               do_constant_folding=True, dynamo=False)
         # the export must compute what PyTorch computes, on inputs of another shape than the traced ones
