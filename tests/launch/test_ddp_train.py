@@ -40,7 +40,7 @@ def test_two_ranks_with_gathered_negatives_train_like_one_process(tiny_bert_nodr
 
     # rank 0 alone wrote the logs, and the logged loss is the mean over ranks = the one-process loss
     got, want = records(ddp), records(one)
-    assert [r.get("event", "step") for r in got] == ["eval_before", "step", "step", "eval_after"]
+    assert [r.get("event", "step") for r in got] == ["eval_before", "step", "step", "eval_after", "verdict"]
     for g, w in zip(got, want):
         if "loss" in g:
             assert g["loss"] == pytest.approx(w["loss"], rel=1e-5)

@@ -43,7 +43,7 @@ def test_zero3_saves_a_whole_model_and_resumes(common, one_process, data_dir, tm
                f"output_dir={full}")
     assert_same_weights(weights(full), one_process, atol=1e-5)
     evals = json.loads((full / "eval.json").read_text())
-    assert set(evals) == {"before", "after"}  # evaluated before sharding and on the gathered model
+    assert set(evals) - {"verdict"} == {"before", "after"}  # evaluated before sharding and on the gathered model
 
     from sentence_transformers import SentenceTransformer
 
