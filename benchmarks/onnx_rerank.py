@@ -110,6 +110,7 @@ def throughput(model: str, export: str, a) -> dict[str, float]:
             t0 = time.perf_counter()
             scores[name] = [float(s) for s in fn(pairs)]
             secs[name].append(time.perf_counter() - t0)
+            print(f"  repeat {len(secs[name])}/{a.repeats} {name}: {len(pairs) / secs[name][-1]:,.1f} pairs/s", flush=True)
     import platform
 
     import numpy as np
@@ -156,9 +157,15 @@ def agreement(model: str, export: str, a) -> dict[str, float]:
     labels = [y for _, _, y in groups]
     order = rerank_agreement.order
     top10 = float(np.mean([order(a8)[:10] == order(a32)[:10] for a8, a32 in zip(per["onnx int8"], per["onnx fp32"])]))
+    top10_set = float(np.mean([set(order(a8)[:10]) == set(order(a32)[:10])
+                               for a8, a32 in zip(per["onnx int8"], per["onnx fp32"])]))
+    overlap10 = float(np.mean([len(set(order(a8)[:10]) & set(order(a32)[:10])) / min(10, len(a8))
+                               for a8, a32 in zip(per["onnx int8"], per["onnx fp32"])]))
+    top1 = float(np.mean([order(a8)[0] == order(a32)[0] for a8, a32 in zip(per["onnx int8"], per["onnx fp32"])]))
     rho_q = [spearmanr(a8, a32).statistic for a8, a32 in zip(per["onnx int8"], per["onnx fp32"]) if len(a8) > 2]
     ndcg = {k: rerank_metrics(per[k], labels)["ndcg@10"] for k in per}
-    out = {"queries": len(groups), "pairs": len(pairs), "top10_identical": top10,
+    out = {"queries": len(groups), "pairs": len(pairs), "top10_identical": top10, "top10_same_set": top10_set,
+           "top10_overlap": overlap10, "top1_same": top1,
            "spearman_pooled": float(spearmanr(flat["onnx int8"], flat["onnx fp32"]).statistic),
            "spearman_mean_per_query": float(np.nanmean(rho_q)),
            "max_diff_int8": float(np.abs(flat["onnx int8"] - flat["onnx fp32"]).max()),
@@ -179,9 +186,9 @@ def agreement(model: str, export: str, a) -> dict[str, float]:
     out["ndcg@10 rescore"] = float(rerank_metrics(ranked, labels)["ndcg@10"])
     print(f"\nint8 vs fp32 (ONNX) on {len(groups)} dev queries ({len(pairs)} pairs; fp32 score std "
           f"{out['score_std_fp32']:.2f})\n")
-    print("| top-10 identical | Spearman (pooled) | Spearman (mean per query) | max abs diff | nDCG@10 fp32 | "
-          "nDCG@10 int8 | diff |\n|---|---|---|---|---|---|---|")
-    print(f"| {top10:.1%} | {out['spearman_pooled']:.4f} | {out['spearman_mean_per_query']:.4f} | "
+    print("| top-10 identical (order) | top-10 same set | top-10 overlap | top-1 same | Spearman (pooled) | Spearman (mean per query) | max abs diff | nDCG@10 fp32 | "
+          "nDCG@10 int8 | diff |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {top10:.1%} | {top10_set:.1%} | {overlap10:.1%} | {top1:.1%} | {out['spearman_pooled']:.4f} | {out['spearman_mean_per_query']:.4f} | "
           f"{out['max_diff_int8']:.3g} | {out['ndcg@10 onnx fp32']:.4f} | {out['ndcg@10 onnx int8']:.4f} | "
           f"{out['ndcg@10 diff']:+.4f} |")
     print(f"int8, then fp32 re-scoring its top {head} (rescore=, {out['rescore_share']:.0%} of pairs scored twice): "

@@ -413,23 +413,32 @@ def evaluate_retrieval(embedder: Any, data: BeirData, *, top_k: int = 100, ks: S
         q_emb = embedder.encode(q_texts, is_query=True, batch_size=batch_size, progress=advance)
     with _progress(console, "search", len(qids)) as advance:
         scores, idx = exact_search(q_emb, d_emb, top_k, backend=search, progress=advance)
+    hits = [(scores[r], idx[r]) for r in range(len(qids))]
+    stages, runs = _score_stages(data, qids, q_texts, hits, ks, reranker, rerank_top_k, console)
+    return {"stages": stages, "runs": runs}
+
+
+def _score_stages(data: BeirData, qids: list[str], q_texts: list[str], hits: Sequence[tuple[Any, Any]],
+                  ks: Sequence[int], reranker: Any, rerank_top_k: int, console: Any):
+    """The retrieval run from each query's ``(scores, doc indices)`` hits, the reranker's re-scoring of the first
+    ``rerank_top_k`` of them when there is one, and the metrics of each stage: ``(stages, runs)``."""
     runs: dict[str, dict[str, dict[str, float]]] = {"retrieval": {}}
-    for r, qid in enumerate(qids):
-        runs["retrieval"][qid] = {data.doc_ids[j]: float(s) for s, j in zip(scores[r], idx[r])}
+    for qid, (scores, idx) in zip(qids, hits):
+        runs["retrieval"][qid] = {data.doc_ids[j]: float(s) for s, j in zip(scores, idx)}
     stages = {"retrieval": run_metrics(runs["retrieval"], data.qrels, ks)}
     if reranker is not None:
-        depth = min(rerank_top_k, idx.shape[1])
-        pairs = [(q_texts[r], data.doc_texts[j]) for r in range(len(qids)) for j in idx[r, :depth]]
+        pairs = [(q_texts[r], data.doc_texts[j]) for r, (_, idx) in enumerate(hits) for j in idx[:rerank_top_k]]
         with _progress(console, "rerank", len(pairs)) as advance:
             flat = reranker.score(pairs, progress=advance)
         rerank: dict[str, dict[str, float]] = {}
         at = 0
-        for r, qid in enumerate(qids):
-            rerank[qid] = {data.doc_ids[j]: float(flat[at + c]) for c, j in enumerate(idx[r, :depth])}
+        for qid, (_, idx) in zip(qids, hits):
+            depth = min(rerank_top_k, len(idx))
+            rerank[qid] = {data.doc_ids[j]: float(flat[at + c]) for c, j in enumerate(idx[:depth])}
             at += depth
         runs["rerank"] = rerank
         stages["rerank"] = run_metrics(rerank, data.qrels, ks)
-    return {"stages": stages, "runs": runs}
+    return stages, runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,22 +514,7 @@ def evaluate_sparse_retrieval(model: Any, data: BeirData, *, top_k: int = 100, k
         q = model.encode_sparse(q_texts, is_query=True, batch_size=batch_size, progress=advance)
     with _progress(console, "search (inverted index)", len(qids)) as advance:
         hits = sparse_search(q, d, top_k, progress=advance)
-    runs: dict[str, dict[str, dict[str, float]]] = {"retrieval": {}}
-    for qid, (scores, idx) in zip(qids, hits):
-        runs["retrieval"][qid] = {data.doc_ids[j]: float(s) for s, j in zip(scores, idx)}
-    stages = {"retrieval": run_metrics(runs["retrieval"], data.qrels, ks)}
-    if reranker is not None:
-        pairs = [(q_texts[r], data.doc_texts[j]) for r, (_, idx) in enumerate(hits) for j in idx[:rerank_top_k]]
-        with _progress(console, "rerank", len(pairs)) as advance:
-            flat = reranker.score(pairs, progress=advance)
-        rerank: dict[str, dict[str, float]] = {}
-        at = 0
-        for qid, (_, idx) in zip(qids, hits):
-            depth = min(rerank_top_k, len(idx))
-            rerank[qid] = {data.doc_ids[j]: float(flat[at + c]) for c, j in enumerate(idx[:depth])}
-            at += depth
-        runs["rerank"] = rerank
-        stages["rerank"] = run_metrics(rerank, data.qrels, ks)
+    stages, runs = _score_stages(data, qids, q_texts, hits, ks, reranker, rerank_top_k, console)
     q.eliminate_zeros()
     d.eliminate_zeros()
     active = {"query": float(q.getnnz(axis=1).mean()) if q.shape[0] else 0.0,

@@ -122,6 +122,34 @@ class Family:
         return f"<family {self.name}>"
 
 
+class DotProductFamily(Family):
+    """A family whose texts each become one vector (dense or vocabulary-wide sparse), scored by dot products.
+
+    Subclasses provide :meth:`prepare` (``(lengths, make_chunk)`` for the chunked forward) and
+    :meth:`token_ids` (each text's unpadded, truncated ids); encoding, both similarities and the token
+    lengths follow from them.
+    """
+
+    def prepare(self, model: nn.Module, texts: Sequence[str], is_query: bool):
+        raise NotImplementedError
+
+    def token_ids(self, model: nn.Module, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        raise NotImplementedError
+
+    def encode(self, fwd, texts: Sequence[str], is_query: bool) -> torch.Tensor:
+        lengths, make_chunk = self.prepare(fwd.model, texts, is_query)
+        return fwd.run(lengths, make_chunk)
+
+    def similarity(self, model: nn.Module, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return q.float() @ d.float().T
+
+    def pair_similarity(self, model: nn.Module, q: torch.Tensor, d: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
+        return (q.float()[rep] * d.float()).sum(-1)
+
+    def text_lengths(self, model: nn.Module, texts: Sequence[str], is_query: bool) -> list[int]:
+        return [len(x) for x in self.token_ids(model, texts, is_query)] if texts else []
+
+
 def register_family(family: Family | type, name: str | None = None) -> Family:
     """Make ``family`` (a :class:`Family` subclass or instance) available as ``model.family=<name>``."""
     from ragr.registry import families

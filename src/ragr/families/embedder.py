@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ragr.families.base import Family
+from ragr.families.base import DotProductFamily
 from ragr.models.embedder import Embedder
 
 
-class EmbedderFamily(Family):
+class EmbedderFamily(DotProductFamily):
     """bi-encoder: cls/mean/last pooling, optional Dense head, L2 norm"""
 
     name = "embedder"
@@ -35,33 +35,19 @@ class EmbedderFamily(Family):
 
         return EmbedderScorer(model)
 
-    def prepare(self, model: Embedder, texts: Sequence[str], is_query: bool):
-        """``(lengths, make_chunk)`` for :meth:`ChunkedForward.run`: unpadded ids, each chunk padded to its longest."""
+    def token_ids(self, model: Embedder, texts: Sequence[str], is_query: bool) -> list[list[int]]:
         prompt = model.query_prompt if is_query else model.doc_prompt
         max_len = model.max_query_length if is_query else model.max_doc_length
-        enc = model.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)
-        ids, masks = enc["input_ids"], enc["attention_mask"]
+        return model.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)["input_ids"]
+
+    def prepare(self, model: Embedder, texts: Sequence[str], is_query: bool):
+        """``(lengths, make_chunk)`` for :meth:`ChunkedForward.run`: unpadded ids, each chunk padded to its longest."""
+        ids = self.token_ids(model, texts, is_query)
 
         def make_chunk(idx: list[int]) -> dict[str, torch.Tensor]:
-            padded = model.tokenizer.pad({"input_ids": [ids[i] for i in idx], "attention_mask": [masks[i] for i in idx]},
+            rows = [ids[i] for i in idx]
+            padded = model.tokenizer.pad({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]},
                                          return_tensors="pt")
             return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
 
         return [len(x) for x in ids], make_chunk
-
-    def encode(self, fwd, texts: Sequence[str], is_query: bool) -> torch.Tensor:
-        lengths, make_chunk = self.prepare(fwd.model, texts, is_query)
-        return fwd.run(lengths, make_chunk)
-
-    def similarity(self, model, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return q.float() @ d.float().T
-
-    def pair_similarity(self, model, q: torch.Tensor, d: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
-        return (q.float()[rep] * d.float()).sum(-1)
-
-    def text_lengths(self, model: Embedder, texts: Sequence[str], is_query: bool) -> list[int]:
-        if not texts:
-            return []
-        prompt = model.query_prompt if is_query else model.doc_prompt
-        max_len = model.max_query_length if is_query else model.max_doc_length
-        return [len(x) for x in model.tokenizer([prompt + t for t in texts], truncation=True, max_length=max_len)["input_ids"]]

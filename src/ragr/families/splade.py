@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ragr.families.base import Family
+from ragr.families.base import DotProductFamily
 from ragr.infer.base import Scorer
 
 #: MLM-head bias of the special tokens' terms: relu(logit) is 0 for them whatever the text
@@ -567,7 +567,7 @@ def active_dims(matrix) -> float:
 
 
 # ---- the family -----------------------------------------------------------------------------------
-class SpladeFamily(Family):
+class SpladeFamily(DotProductFamily):
     """learned sparse: MLM logits -> log(1+relu), max-pooled term weights, dot product"""
 
     name = "splade"
@@ -600,17 +600,5 @@ class SpladeFamily(Family):
 
         return [max(1, len(x)) for x in ids], make_chunk
 
-    def encode(self, fwd, texts: Sequence[str], is_query: bool) -> torch.Tensor:
-        lengths, make_chunk = self.prepare(fwd.model, texts, is_query)
-        return fwd.run(lengths, make_chunk)
-
-    def similarity(self, model, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return q.float() @ d.float().T
-
-    def pair_similarity(self, model, q: torch.Tensor, d: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
-        return (q.float()[rep] * d.float()).sum(-1)
-
-    def text_lengths(self, model: Splade, texts: Sequence[str], is_query: bool) -> list[int]:
-        if not texts:
-            return []
-        return [len(x) for x in model.tokenize(texts, is_query, padding=False)["input_ids"]]
+    def token_ids(self, model: Splade, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        return model.tokenize(texts, is_query, padding=False)["input_ids"]

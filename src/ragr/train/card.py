@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ragr.errors import UserError
+
 CARD_FILE = "README.md"
 MAX_LOSS_ROWS = 20
 #: families whose folders sentence-transformers loads (SentenceTransformer / CrossEncoder)
@@ -104,14 +106,17 @@ def hub_id(name_or_path: str | None) -> tuple[str | None, str | None]:
 
 
 def parse_hf_spec(spec: Any) -> dict[str, str | None] | None:
-    """``hf:NAME[:CONFIG][@SPLIT]`` -> ``{"name", "config", "split"}``; None for anything else."""
-    if not isinstance(spec, str) or not spec.startswith("hf:"):
+    """``hf:NAME[:CONFIG][@SPLIT]`` -> ``{"name", "config", "split"}`` (:func:`ragr.data.sources.parse_hub`);
+    None for anything else, a malformed hub name included (a card never fails on it)."""
+    from ragr.data.sources import HF_PREFIX, parse_hub
+
+    if not isinstance(spec, str) or not spec.startswith(HF_PREFIX):
         return None
-    rest, split = spec[3:], None
-    if "@" in rest:
-        rest, split = rest.rsplit("@", 1)
-    name, _, config = rest.partition(":")
-    return {"name": name, "config": config or None, "split": split or None} if name else None
+    try:
+        hub = parse_hub(spec)
+    except UserError:
+        return None
+    return {"name": hub.name, "config": hub.config, "split": hub.split}
 
 
 def read_metrics_log(run_dir: Path) -> list[dict[str, Any]]:
