@@ -383,6 +383,21 @@ def _progress(console: Any, description: str, total: int):
     return console.progress(description, total)
 
 
+def _encode_sides(encode: Callable, data: BeirData, top_k: int, rerank_top_k: int, batch_size: int, console: Any,
+                  verb: str):
+    """``(query ids, query texts, query outputs, corpus outputs)`` of ``encode(texts, is_query, batch_size, progress)``,
+    after checking that the rerank depth fits the retrieval depth."""
+    if rerank_top_k > top_k:
+        raise UserError(f"eval.rerank_top_k ({rerank_top_k}) cannot exceed eval.top_k ({top_k})")
+    qids = data.query_ids
+    q_texts = [data.queries[q] for q in qids]
+    with _progress(console, f"{verb} corpus", len(data.doc_texts)) as advance:
+        d = encode(data.doc_texts, is_query=False, batch_size=batch_size, progress=advance)
+    with _progress(console, f"{verb} queries", len(q_texts)) as advance:
+        q = encode(q_texts, is_query=True, batch_size=batch_size, progress=advance)
+    return qids, q_texts, q, d
+
+
 def evaluate_retrieval(embedder: Any, data: BeirData, *, top_k: int = 100, ks: Sequence[int] = (1, 3, 5, 10, 100),
                        batch_size: int = 64, reranker: Any = None, rerank_top_k: int = 100, search: str = "auto",
                        console: Any = None) -> dict[str, Any]:
@@ -403,14 +418,7 @@ def evaluate_retrieval(embedder: Any, data: BeirData, *, top_k: int = 100, ks: S
     Returns:
         ``{"stages": {"retrieval": metrics[, "rerank": metrics]}, "runs": {stage: {qid: {doc_id: score}}}}``.
     """
-    if rerank_top_k > top_k:
-        raise UserError(f"eval.rerank_top_k ({rerank_top_k}) cannot exceed eval.top_k ({top_k})")
-    qids = data.query_ids
-    q_texts = [data.queries[q] for q in qids]
-    with _progress(console, "embed corpus", len(data.doc_texts)) as advance:
-        d_emb = embedder.encode(data.doc_texts, is_query=False, batch_size=batch_size, progress=advance)
-    with _progress(console, "embed queries", len(q_texts)) as advance:
-        q_emb = embedder.encode(q_texts, is_query=True, batch_size=batch_size, progress=advance)
+    qids, q_texts, q_emb, d_emb = _encode_sides(embedder.encode, data, top_k, rerank_top_k, batch_size, console, "embed")
     with _progress(console, "search", len(qids)) as advance:
         scores, idx = exact_search(q_emb, d_emb, top_k, backend=search, progress=advance)
     hits = [(scores[r], idx[r]) for r in range(len(qids))]
@@ -504,14 +512,7 @@ def evaluate_sparse_retrieval(model: Any, data: BeirData, *, top_k: int = 100, k
         ``{"stages", "runs", "active_dims": {"query", "doc"}}`` (mean nonzero terms per query / document, also in
         the retrieval stage's metrics as ``active_dims_query`` / ``active_dims_doc``).
     """
-    if rerank_top_k > top_k:
-        raise UserError(f"eval.rerank_top_k ({rerank_top_k}) cannot exceed eval.top_k ({top_k})")
-    qids = data.query_ids
-    q_texts = [data.queries[q] for q in qids]
-    with _progress(console, "encode corpus", len(data.doc_texts)) as advance:
-        d = model.encode_sparse(data.doc_texts, is_query=False, batch_size=batch_size, progress=advance)
-    with _progress(console, "encode queries", len(q_texts)) as advance:
-        q = model.encode_sparse(q_texts, is_query=True, batch_size=batch_size, progress=advance)
+    qids, q_texts, q, d = _encode_sides(model.encode_sparse, data, top_k, rerank_top_k, batch_size, console, "encode")
     with _progress(console, "search (inverted index)", len(qids)) as advance:
         hits = sparse_search(q, d, top_k, progress=advance)
     stages, runs = _score_stages(data, qids, q_texts, hits, ks, reranker, rerank_top_k, console)
