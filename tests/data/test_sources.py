@@ -27,20 +27,8 @@ from ragr.data.formats import load_rerank_file, load_training_file
 from ragr.data.sources import Columns, Row, fingerprint, open_source
 from ragr.errors import DataError, UserError
 
-QA = [
-    ("how do I reset my password?", "Open settings, choose security, and click reset password."),
-    ("what is the capital of france?", "Paris is the capital and largest city of France."),
-    ("how many legs does a spider have?", "Spiders have eight legs."),
-    ("who wrote hamlet?", "Hamlet is a tragedy written by William Shakespeare."),
-    ("what is photosynthesis?", "Plants turn light, water and carbon dioxide into sugar."),
-    ("how do I boil an egg?", "Place the egg in boiling water for nine minutes."),
-    ("what does a cpu do?", "The processor executes the instructions of programs."),
-    ("why is the sky blue?", "Air scatters blue light more than red light."),
-    ("how far is the moon?", "The moon is about 384,400 kilometres away."),
-    ("what is python?", "Python is a programming language known for readable code."),
-    ("how do vaccines work?", "Vaccines train the immune system to recognise a pathogen."),
-    ("what is the speed of light?", "Light travels at about 299,792 kilometres per second."),
-]
+from testkit import QA, transformers_scores  # tests/testkit.py
+
 N = len(QA)
 TRIPLETS = [{"query": q, "pos": [a], "neg": [QA[(i + 1) % N][1], QA[(i + 2) % N][1]]} for i, (q, a) in enumerate(QA)]
 
@@ -353,22 +341,12 @@ def test_an_uncached_hub_dataset_offline_is_exit_2_with_the_way_out(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ce_model(tiny_bert, tmp_path_factory):
-    from ragr.models.cross_encoder import CrossEncoder
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ce") / "model"
-    CrossEncoder.from_pretrained(tiny_bert, max_length=64).save(path)
-    return str(path)
+def ce_model(tiny_ce_model):
+    return tiny_ce_model
 
 
 def direct_scores(path, pairs):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    with torch.no_grad():
-        return [model(**tok(q, d, truncation=True, max_length=64, return_tensors="pt")).logits[0, 0].item() for q, d in pairs]
+    return transformers_scores(path, pairs)
 
 
 def test_rerank_reads_a_parquet_input(ce_model, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import replay_doc_lengths  # tests/testkit.py
 
 pytestmark = pytest.mark.distributed
 
@@ -41,28 +42,10 @@ def skewed(tmp_path_factory) -> str:
 def packed_counts(model_dir: str, train: str, ranks: int, batch: int, steps: int, max_len: int) -> list[list[int]]:
     """Per step, each rank's number of packed document forwards before the ranks agree (a replay of the engine's
     data order, independent of the run)."""
-    from transformers import AutoTokenizer
-
-    from ragr.data.dataset import ContrastiveDataset
-    from ragr.data.formats import load_training_file
     from ragr.families.forward import plan_packed
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    index, _ = load_training_file(train)
-    ds = ContrastiveDataset(index, 3, seed=SEED, use_negatives=True)
-    spe = max(1, len(ds) // (batch * ranks))
-    counts = []
-    for step in range(steps):
-        perm = np.random.default_rng([SEED, step // spe]).permutation(len(ds))
-        ds.set_epoch(step // spe)
-        per_rank = []
-        for r in range(ranks):
-            start = (step % spe) * batch * ranks + r * batch
-            docs = [d for i in perm[start : start + batch] for d in ds[int(i)]["docs"]]
-            lengths = [len(x) for x in tok(docs, truncation=True, max_length=max_len)["input_ids"]]
-            per_rank.append(len(plan_packed(lengths, TOKENS)))
-        counts.append(per_rank)
-    return counts
+    return [[len(plan_packed(lengths, TOKENS)) for lengths in per_rank]
+            for per_rank in replay_doc_lengths(model_dir, train, ranks, batch, steps, max_len, SEED)]
 
 
 def _common(model: str, train: str, extra=()) -> list[str]:

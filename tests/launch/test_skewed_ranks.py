@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ragr.models.cross_encoder import CrossEncoder as CrossEncoderModel
+from testkit import replay_doc_lengths  # tests/testkit.py
 
 pytestmark = pytest.mark.distributed
 
@@ -48,28 +49,10 @@ def skewed(tmp_path_factory) -> dict[str, str]:
 def chunk_counts(model_dir: str, train: str, ranks: int, batch: int, steps: int, chunk: int, max_len: int) -> list[list[int]]:
     """What the pre-redesign code did: per step, each rank's number of document forwards (independent replay of the
     engine's data order and the length plan)."""
-    from transformers import AutoTokenizer
-
-    from ragr.data.dataset import ContrastiveDataset
-    from ragr.data.formats import load_training_file
     from ragr.models.chunking import plan_chunks
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    index, _ = load_training_file(train)
-    ds = ContrastiveDataset(index, 3, seed=SEED, use_negatives=True)
-    spe = max(1, len(ds) // (batch * ranks))
-    counts = []
-    for step in range(steps):
-        perm = np.random.default_rng([SEED, step // spe]).permutation(len(ds))
-        ds.set_epoch(step // spe)
-        per_rank = []
-        for r in range(ranks):
-            start = (step % spe) * batch * ranks + r * batch
-            docs = [d for i in perm[start : start + batch] for d in ds[int(i)]["docs"]]
-            lengths = [len(x) for x in tok(docs, truncation=True, max_length=max_len)["input_ids"]]
-            per_rank.append(len(plan_chunks(lengths, chunk, 64)))
-        counts.append(per_rank)
-    return counts
+    return [[len(plan_chunks(lengths, chunk, 64)) for lengths in per_rank]
+            for per_rank in replay_doc_lengths(model_dir, train, ranks, batch, steps, max_len, SEED)]
 
 
 def _common(model: str, skewed, extra=()) -> list[str]:
