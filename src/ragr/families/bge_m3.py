@@ -34,22 +34,12 @@ from torch import nn
 
 from ragr.families.base import Family
 from ragr.infer.base import Scorer
-from ragr.models.colbert import maxsim, maxsim_pairs
+from ragr.models.colbert import load_linear, maxsim, maxsim_pairs
 
 COLBERT_FILE, SPARSE_FILE, RAGR_FILE = "colbert_linear.pt", "sparse_linear.pt", "ragr.json"
 OPTION_DEFAULTS: dict[str, Any] = {"max_query_length": 64, "max_doc_length": 512}
 #: how the scorer combines the three scores (FlagEmbedding's BGEM3FlagModel.compute_score default)
 MODE_WEIGHTS = {"dense": (1.0, 0.0, 0.0), "sparse": (0.0, 1.0, 0.0), "colbert": (0.0, 0.0, 1.0), "ensemble": (0.4, 0.2, 0.4)}
-
-
-def _load_linear(file: Path) -> nn.Linear:
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "weight" not in state or state["weight"].ndim != 2:
-        raise ValueError(f"{file}: expected a state dict with a 2-D 'weight' (the bge-m3 layout)")
-    out_f, in_f = state["weight"].shape
-    layer = nn.Linear(in_f, out_f, bias="bias" in state)
-    layer.load_state_dict({k: state[k] for k in ("weight", "bias") if k in state})
-    return layer
 
 
 def sparse_score_matrix(wq: torch.Tensor, idq: torch.Tensor, wd: torch.Tensor, idd: torch.Tensor) -> torch.Tensor:
@@ -115,13 +105,13 @@ class BGEM3(nn.Module):
         backbone = AutoModel.from_pretrained(path, **kwargs)
         hidden = backbone.config.hidden_size
         if (path / COLBERT_FILE).is_file():
-            colbert = _load_linear(path / COLBERT_FILE)
+            colbert = load_linear(path / COLBERT_FILE)
         else:
             colbert = nn.Linear(hidden, colbert_dim or hidden)
             nn.init.orthogonal_(colbert.weight)
             nn.init.zeros_(colbert.bias)
         if (path / SPARSE_FILE).is_file():
-            sparse = _load_linear(path / SPARSE_FILE)
+            sparse = load_linear(path / SPARSE_FILE)
         else:
             sparse = nn.Linear(hidden, 1)
         if dtype is not None:

@@ -320,10 +320,11 @@ class ColBERT(nn.Module):
 
 
 def load_linear(file: Path) -> nn.Linear:
-    """An ``nn.Linear`` from a bge-m3 ``colbert_linear.pt`` state dict (``weight [dim, hidden]``, optional ``bias``)."""
+    """An ``nn.Linear`` from a bge-m3 head file (``colbert_linear.pt`` / ``sparse_linear.pt``: a state dict with
+    ``weight [out, hidden]`` and an optional ``bias``)."""
     state = torch.load(file, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "weight" not in state or state["weight"].ndim != 2:
-        raise ValueError(f"{file}: expected a state dict with a 2-D 'weight' (the bge-m3 ColBERT layout)")
+        raise ValueError(f"{file}: expected a state dict with a 2-D 'weight' (the bge-m3 layout)")
     out_features, in_features = state["weight"].shape
     linear = nn.Linear(in_features, out_features, bias="bias" in state)
     linear.load_state_dict({k: state[k] for k in ("weight", "bias") if k in state})
