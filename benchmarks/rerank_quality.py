@@ -5,10 +5,12 @@ training triplets (each query, its first positive, its first ``--negatives`` har
 optimizer steps of ``--batch`` queries, at the same learning rate, linear schedule, 10% warm-up, no weight
 decay, max length ``--max-len``, once per seed in ``--seeds`` (the seed orders the data and draws the head).
 
-Two loss pairs, each an equivalent pair:
-- listwise: ragr ``loss=listwise`` (cross-entropy over the query's positive + hard negatives) against ST's
-  ``MultipleNegativesRankingLoss`` (the same over the positive, the hard negatives and, by ST's default,
-  4 in-batch negatives, on ``sigmoid(logit) * 10``);
+Two loss pairs, each an equivalent pair, and one ablation:
+- listwise: ragr ``loss=mnrl`` (``task=reranker``'s default: cross-entropy over ``sigmoid(logit) * 10`` of the
+  query's positive, its hard negatives and 4 in-batch negatives) against ST's ``MultipleNegativesRankingLoss``
+  (the same, by its defaults; ``--st-in-batch`` sets its in-batch count);
+- ``ragr-listwise``: ragr ``loss=listwise``, the plain form (softmax over the raw logits of the query's own group),
+  which lost to ST's MNRL (docs/BENCHMARKS.md); ``--set`` adds overrides to every ragr run;
 - pointwise: ragr ``loss=pointwise`` (BCE on each pair of the group) against ST's ``BinaryCrossEntropyLoss``
   on the same (query, document, 0/1) pairs, ``batch * (1 + negatives)`` pairs a step.
 
@@ -35,7 +37,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-RUNS = ("ragr-listwise", "st-mnrl", "ragr-pointwise", "st-bce")
+RUNS = ("ragr-mnrl", "st-mnrl", "ragr-listwise", "ragr-pointwise", "st-bce")
 METRICS = ("ndcg@10", "mrr@10", "map")
 
 
@@ -85,7 +87,7 @@ def run_ragr(loss: str, a, data: str, out: str, seed: int) -> dict:
                                    f"trainer.max_steps={a.steps}", f"trainer.lr={a.lr}", "trainer.scheduler=linear",
                                    "trainer.warmup_ratio=0.1", "trainer.weight_decay=0.0", "trainer.log_every=1",
                                    f"model.max_length={a.max_len}", f"output_dir={out}", "trainer.save_total_limit=1",
-                                   f"seed={seed}"])
+                                   f"seed={seed}", *a.set])
     t0 = time.perf_counter()
     results = run_local(cfg, quiet=True)
     seconds = time.perf_counter() - t0
@@ -109,7 +111,7 @@ def run_st(loss: str, a, data: str, out: str, seed: int) -> dict:
         cols = {"query": [r["query"] for r in rows], "positive": [r["pos"][0] for r in rows]}
         for i in range(a.negatives):
             cols[f"negative_{i + 1}"] = [r["neg"][i] for r in rows]
-        ds, batch, fn = Dataset.from_dict(cols), a.batch, MultipleNegativesRankingLoss(model)
+        ds, batch, fn = Dataset.from_dict(cols), a.batch, MultipleNegativesRankingLoss(model, num_negatives=a.st_in_batch)
     else:
         q, d, y = [], [], []
         for r in rows:
@@ -158,6 +160,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
     ap.add_argument("--quick", action="store_true", help="6 steps, batch 4, one seed: checks the script runs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra overrides for the ragr runs (e.g. loss.activation=sigmoid loss.temperature=0.1)")
+    ap.add_argument("--st-in-batch", type=int, default=4, help="ST MNRL's in-batch negatives (its default: 4)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base bi-encoder row")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -169,9 +175,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(a.negatives, Path(tmp))
         common = ["--steps", str(a.steps), "--batch", str(a.batch), "--negatives", str(a.negatives), "--lr", str(a.lr),
-                  "--max-len", str(a.max_len), "--data", str(data)]
+                  "--max-len", str(a.max_len), "--data", str(data), "--st-in-batch", str(a.st_in_batch),
+                  "--set", *a.set]
         results: dict[str, list[dict]] = {}
-        for kind, seeds in [("base", [0])] + [(k, a.seeds) for k in a.only]:
+        for kind, seeds in [("base", [0])] * (not a.no_base) + [(k, a.seeds) for k in a.only]:
             for seed in seeds:
                 p = subprocess.run([sys.executable, __file__, "--child", kind, str(seed), *common],
                                    capture_output=True, text=True)

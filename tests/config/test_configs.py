@@ -42,7 +42,7 @@ def test_there_is_something_to_test():
     assert RECIPES
 
 
-RERANKER_LOSSES = ("pointwise", "pairwise", "listwise")
+RERANKER_LOSSES = ("pointwise", "pairwise", "listwise", "mnrl")
 
 
 def selection_for(group: str, option: str) -> list[str]:

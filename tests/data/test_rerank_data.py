@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ragr.data.rerank import RerankDataset, collate_rerank, detect_rerank_format, load_rerank_training_file
+from ragr.data.rerank import RerankDataset, add_in_batch_negatives, collate_rerank, detect_rerank_format, load_rerank_training_file
 from ragr.errors import DataError
 
 
@@ -84,3 +84,21 @@ def test_collate_flattens_groups_with_their_queries():
                             {"query": "b", "docs": ["z", "w"], "labels": [0, 1]}])
     assert batch["pair_queries"] == ["a", "a", "b", "b"] and batch["docs"] == ["x", "y", "z", "w"]
     assert batch["labels"].shape == (2, 2)
+
+
+def test_in_batch_negatives_come_from_other_groups_never_own_texts():
+    ex = [{"query": "q0", "docs": ["a", "b"], "labels": [1.0, 0.0]},
+          {"query": "q1", "docs": ["c", "b "], "labels": [1.0, 0.0]},   # "b " is q0's "b" once normalized
+          {"query": "q2", "docs": ["e", "f"], "labels": [1.0, 0.0]}]
+    out = add_in_batch_negatives(ex, 3, seed=7)
+    assert [len(e["docs"]) for e in out] == [5, 5, 5]
+    for e, o in zip(ex, out):
+        assert o["docs"][:2] == e["docs"] and o["labels"] == e["labels"] + [0.0, 0.0, 0.0]
+        own = {d.strip() for d in e["docs"]}
+        others = {d.strip() for x in ex if x is not e for d in x["docs"]}
+        assert not own & {d.strip() for d in o["docs"][2:]} and {d.strip() for d in o["docs"][2:]} <= others
+        assert len(set(o["docs"][2:])) == 3
+    assert out == add_in_batch_negatives(ex, 3, seed=7)              # the same batch draws the same documents
+    assert [len(e["docs"]) for e in add_in_batch_negatives(ex, 9, seed=7)] == [5, 5, 5]  # q0 has only 3 eligible
+    assert add_in_batch_negatives(ex[:1], 3, seed=7) == ex[:1]       # one group: nothing to draw from
+    assert collate_rerank(out)["labels"].shape == (3, 5)

@@ -88,7 +88,7 @@ def test_packed_embedder_on_two_skewed_ranks_equals_one_chunked_process(tiny_ber
 @pytest.mark.slow
 def test_bucketed_cross_encoder_on_two_skewed_ranks_equals_one_chunked_process(tiny_bert_nodropout, skewed, tmp_path,
                                                                               ragr_train, weights, assert_same_weights):
-    common = _common(tiny_bert_nodropout, skewed, ["task=reranker", "model.max_length=96", "trainer.optimizer=sgd",
+    common = _common(tiny_bert_nodropout, skewed, ["task=reranker", "loss=listwise", "model.max_length=96", "trainer.optimizer=sgd",
                                                    "trainer.lr=0.5"])
     ddp, one = _ddp_vs_one_chunked(common, "bucketed", tmp_path, ragr_train)
     assert _losses(ddp) == pytest.approx(_losses(one), rel=1e-5)

@@ -99,7 +99,7 @@ def test_cross_encoder_two_skewed_ranks_equal_one_process(tiny_bert_nodropout, s
                                                           assert_same_weights):
     # SGD: the weights then differ by lr x the gradient difference (Adam's 1/sqrt(v) would magnify float noise
     # in near-zero gradients, such as the unused pooler's)
-    common = _common(tiny_bert_nodropout, skewed, ["task=reranker", "model.max_length=96", "trainer.optimizer=sgd",
+    common = _common(tiny_bert_nodropout, skewed, ["task=reranker", "loss=listwise", "model.max_length=96", "trainer.optimizer=sgd",
                                                    "trainer.lr=0.5"])
     ddp, one = two_ranks_and_one_process(common, tmp_path, ragr_train)
     # listwise CE is a mean over queries and DDP averages the ranks' gradients: 2 x 2 queries == 1 x 4
@@ -112,6 +112,19 @@ def test_cross_encoder_two_skewed_ranks_equal_one_process(tiny_bert_nodropout, s
 
     s = CrossEncoder(str(ddp / "model"), device="cpu").predict([("alpha", "alpha beta"), ("alpha", "river")])
     assert np.isfinite(s).all()
+
+
+def test_cross_encoder_mnrl_in_batch_negatives_two_skewed_ranks_finish(tiny_bert_nodropout, skewed, tmp_path, ragr_train):
+    # task=reranker's loss=mnrl: each rank adds documents of its own batch to each group (more pairs a step)
+    run = tmp_path / "mnrl"
+    ragr_train(*_common(tiny_bert_nodropout, skewed, ["task=reranker", "model.max_length=96"]), "launcher=ddp",
+               "launcher.num_processes=2", "trainer.batch_size=2", f"output_dir={run}", timeout=240)
+    losses = _losses(run)
+    # 2 queries a rank: 1 positive + 3 hard + 4 in-batch negatives; chance = ln 8 on near-equal scores
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[0] == pytest.approx(np.log(8), abs=0.3)
+    from sentence_transformers import CrossEncoder
+
+    assert np.isfinite(CrossEncoder(str(run / "model"), device="cpu").predict([("alpha", "alpha beta")])).all()
 
 
 def test_colbert_two_skewed_ranks_finish_and_save(tiny_bert_nodropout, skewed, tmp_path, ragr_train):

@@ -69,6 +69,21 @@ def test_listwise_one_positive_is_softmax_cross_entropy():
     assert got.item() == pytest.approx(want, rel=1e-5)
 
 
+def test_listwise_sigmoid_activation_is_st_mnrl_scoring():
+    """sentence-transformers' cross-encoder MNRL: cross-entropy over sigmoid(logit) * 10, positive first."""
+    def mnrl(s):
+        z = 10.0 / (1.0 + np.exp(-s))
+        return -(z[0] - math.log(np.exp(z).sum()))
+
+    want = np.mean([mnrl(s) for s in SCORES])
+    got = ListwiseLoss(temperature=0.1, activation="sigmoid")(_t(SCORES), _t(ONE_HOT))["loss"]
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError):
+        ListwiseLoss(activation="tanh")
+    with pytest.raises(ValueError):
+        ListwiseLoss(in_batch_negatives=-1)
+
+
 def test_listwise_graded_labels_normalized_and_softmax_targets():
     def logsoftmax(v):
         return v - math.log(np.exp(v).sum())

@@ -23,6 +23,10 @@ def train(*overrides):
 def test_task_reranker_composes_minilm_cross_encoder_and_listwise_and_the_command_line_wins():
     cfg = compose_config("train", ["task=reranker"])
     assert (cfg["model"]["preset"], cfg["model"]["family"], cfg["loss"]["name"]) == ("minilm-reranker", "cross_encoder", "listwise")
+    # loss=mnrl: sentence-transformers' cross-encoder MNRL, softmax over sigmoid(logit) * 10 with 4 in-batch negatives
+    assert (cfg["loss"]["activation"], cfg["loss"]["temperature"], cfg["loss"]["in_batch_negatives"]) == ("sigmoid", 0.1, 4)
+    raw = compose_config("train", ["task=reranker", "loss=listwise"])["loss"]
+    assert (raw["activation"], raw["temperature"], raw["in_batch_negatives"]) == ("none", 1.0, 0)
     cfg = compose_config("train", ["task=reranker", "model=bge-reranker-base", "loss=pairwise"])
     assert (cfg["model"]["name_or_path"], cfg["loss"]["name"]) == ("BAAI/bge-reranker-base", "pairwise")
     cfg = compose_config("train", ["model=llm-reranker", "task=reranker", "model.family=llm_yes", "loss=pointwise"])

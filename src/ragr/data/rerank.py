@@ -13,6 +13,7 @@ with an RNG seeded by ``(seed, epoch, index)``.
 from __future__ import annotations
 
 import json
+import zlib
 import random
 from typing import Any
 
@@ -149,6 +150,29 @@ class RerankDataset(EpochDataset):
         rest = [h for k, h in enumerate(hits) if k != first]
         group = [hits[first]] + (_pick(rng, rest, n) if n > 0 else [])
         return {"query": query, "docs": [d for d, _ in group], "labels": [label for _, label in group]}
+
+
+def add_in_batch_negatives(examples: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """Each group plus ``k`` documents drawn from the other groups of the batch, label 0 (ST's MNRL negatives).
+
+    A document whose text is one of the query's own candidates is never drawn. Every group gets the same
+    number: ``k``, or fewer when the batch has fewer eligible documents for some query (one group alone: none).
+    The draw is seeded by ``seed`` and the batch's queries, so a resumed run draws the same documents.
+    """
+    if k <= 0 or len(examples) < 2:
+        return examples
+    rng = random.Random(zlib.crc32(("\x1f".join(e["query"] for e in examples)).encode()) ^ seed)
+    pool = [(i, d) for i, e in enumerate(examples) for d in e["docs"]]
+    choices = []
+    for i, e in enumerate(examples):
+        own = {_norm(d) for d in e["docs"]}
+        choices.append([d for j, d in pool if j != i and _norm(d) not in own])
+    n = min(k, *(len(c) for c in choices))
+    out = []
+    for e, c in zip(examples, choices):
+        extra = rng.sample(c, n)
+        out.append({**e, "docs": list(e["docs"]) + extra, "labels": list(e["labels"]) + [0.0] * n})
+    return out
 
 
 def collate_rerank(examples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -118,6 +118,12 @@ class ListwiseLoss(RerankLoss):
     Args:
         temperature: scores are divided by this before the softmax.
         label_temperature: None: target = labels / sum(labels); a float: target = softmax(labels / t).
+        activation: ``none`` — the softmax takes the raw logits; ``sigmoid`` — it takes ``sigmoid(logit)``
+            (with ``temperature=0.1``: sentence-transformers' cross-encoder ``MultipleNegativesRankingLoss``,
+            ``sigmoid(logit) * 10``), a bounded score whose gradient fades once a candidate is clearly placed.
+        in_batch_negatives: besides its own group, each query's softmax also covers this many documents drawn
+            from the other groups of the batch (label 0), as sentence-transformers' MNRL does (its default: 4).
+            The objective adds them when it forms the pairs (:mod:`ragr.train.objectives`).
 
     Inputs:
         scores: ``[B, G]`` logits.
@@ -130,14 +136,23 @@ class ListwiseLoss(RerankLoss):
         Cao et al., "Learning to Rank: From Pairwise Approach to Listwise Approach" (ListNet), ICML 2007.
     """
 
-    def __init__(self, temperature: float = 1.0, label_temperature: float | None = None) -> None:
+    def __init__(self, temperature: float = 1.0, label_temperature: float | None = None,
+                 activation: Literal["none", "sigmoid"] = "none", in_batch_negatives: int = 0) -> None:
         super().__init__()
         if temperature <= 0 or (label_temperature is not None and label_temperature <= 0):
             raise ValueError("temperatures must be > 0")
+        if activation not in ("none", "sigmoid"):
+            raise ValueError(f"activation must be 'none' or 'sigmoid', got {activation!r}")
+        if in_batch_negatives < 0:
+            raise ValueError("in_batch_negatives must be >= 0")
         self.temperature, self.label_temperature = float(temperature), label_temperature
+        self.activation, self.in_batch_negatives = activation, int(in_batch_negatives)
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logp = F.log_softmax(scores.float() / self.temperature, dim=-1)
+        scores = scores.float()
+        if self.activation == "sigmoid":
+            scores = torch.sigmoid(scores)
+        logp = F.log_softmax(scores / self.temperature, dim=-1)
         labels = labels.float()
         if self.label_temperature is not None:
             target = F.softmax(labels / self.label_temperature, dim=-1)

@@ -289,8 +289,11 @@ class GroupedScores(Objective):
             from ragr.data.distill import collate_groups
 
             return collate_groups(examples)
-        from ragr.data.rerank import collate_rerank
+        from ragr.data.rerank import add_in_batch_negatives, collate_rerank
 
+        k = int(self.cfg["loss"].get("in_batch_negatives") or 0)
+        if k and self.format != "pointwise":
+            examples = add_in_batch_negatives(examples, k, self.cfg["seed"])
         batch = collate_rerank(examples)
         g = batch["labels"].shape[1]
         batch["pair_query_index"] = torch.arange(len(examples)).repeat_interleave(g)
