@@ -13,8 +13,8 @@ with an RNG seeded by ``(seed, epoch, index)``.
 from __future__ import annotations
 
 import json
-import zlib
 import random
+import zlib
 from typing import Any
 
 import torch
