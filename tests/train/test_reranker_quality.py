@@ -92,17 +92,13 @@ def test_distilled_cross_encoder_reaches_90_percent_of_teacher(tmp_path):
 def test_distilled_from_a_fine_tuned_embedder_reaches_90_percent_of_it(tmp_path):
     """The issue's route: `ragr train` (the demo embedder), then `ragr distill teacher.name_or_path=<it>` (a MiniLM
     cross-encoder student): the student's dev nDCG@10 >= 0.9 x the fine-tuned teacher's, both scored by ST."""
+    from ragr.config.resolvers import bundled
+
     ragr("train", "-q", f"output_dir={tmp_path / 'emb'}")
     ragr("distill", "-q", f"teacher.name_or_path={tmp_path / 'emb' / 'model'}", f"output_dir={tmp_path / 'ce'}")
     groups = dev_groups()
-    _, base = mrr_ndcg_at_10(groups, bi_encoder_scores(bundled_minilm(), groups))
+    _, base = mrr_ndcg_at_10(groups, bi_encoder_scores(bundled("minilm"), groups))
     _, teacher = mrr_ndcg_at_10(groups, bi_encoder_scores(str(tmp_path / "emb" / "model"), groups))
     _, student = mrr_ndcg_at_10(groups, cross_encoder_scores(str(tmp_path / "ce" / "model"), groups))
     assert teacher > base + 0.02, (teacher, base)  # the fine-tuned teacher is the stronger one
     assert student >= 0.9 * teacher, (student, teacher)
-
-
-def bundled_minilm() -> str:
-    from ragr.config.resolvers import bundled
-
-    return bundled("minilm")

@@ -162,11 +162,9 @@ def add_in_batch_negatives(examples: list[dict[str, Any]], k: int, seed: int) ->
     if k <= 0 or len(examples) < 2:
         return examples
     rng = random.Random(zlib.crc32(("\x1f".join(e["query"] for e in examples)).encode()) ^ seed)
-    pool = [(i, d) for i, e in enumerate(examples) for d in e["docs"]]
-    choices = []
-    for i, e in enumerate(examples):
-        own = {_norm(d) for d in e["docs"]}
-        choices.append([d for j, d in pool if j != i and _norm(d) not in own])
+    pool = [(i, d, _norm(d)) for i, e in enumerate(examples) for d in e["docs"]]  # each text normalized once
+    own = [{key for j, _, key in pool if j == i} for i in range(len(examples))]
+    choices = [[d for j, d, key in pool if j != i and key not in own[i]] for i in range(len(examples))]
     n = min(k, *(len(c) for c in choices))
     out = []
     for e, c in zip(examples, choices):
